@@ -1,0 +1,315 @@
+"""Command line: options -> one Settings object -> the check.  Nothing else.
+
+Every option is defined in ``build_parser``.  Bad input ends with exit 3 and
+one line (argparse's own exit 2 would read as CRITICAL); nothing prints a
+traceback unless -vvv asks for diagnostics.
+"""
+
+import argparse
+import logging
+import os
+import socket
+import sys
+import traceback
+from typing import List, Optional, Sequence
+
+import nagiosplugin
+
+from . import __version__
+from .check import CHECK_NAME, DEFAULT_PHASE_WARNING, PHASE_LABELS, build_check
+from .probe import TRACE, log, run_roundtrip, run_submit
+from .settings import Endpoint, Mode, Secret, Security, Settings
+
+UNKNOWN = 3
+SMTP_PASSWORD_ENV = "CHECK_EMAIL_ROUNDTRIP_SMTP_PASSWORD"
+IMAP_PASSWORD_ENV = "CHECK_EMAIL_ROUNDTRIP_IMAP_PASSWORD"
+
+# Ports and the security each implies when only one of the two is given.
+SMTP_DEFAULT_PORT = {Security.TLS: 465, Security.STARTTLS: 587, Security.NONE: 25}
+IMAP_DEFAULT_PORT = {Security.TLS: 993, Security.STARTTLS: 143, Security.NONE: 143}
+IMPLICIT_TLS_PORTS = {465, 993}
+
+# --wait defaults to this much past the end of the critical range, so that a
+# message arriving just after the critical threshold is still reported with
+# its round trip rather than as lost.
+WAIT_PAST_CRITICAL = 5.0
+# -t defaults to --wait plus this: room for the SMTP and IMAP sessions around
+# the wait (each socket gives up 0.5 s before -t).
+TIMEOUT_PAST_WAIT = 30.0
+
+
+class UsageError(Exception):
+    """Bad options: exit 3 with one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def _range(text: str) -> nagiosplugin.Range:
+    try:
+        return nagiosplugin.Range(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"invalid range {text!r}: {exc}") from None
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
+
+
+def _choice(enum_type):
+    def convert(text: str):
+        try:
+            return enum_type(text)
+        except ValueError:
+            choices = ", ".join(member.value for member in enum_type)
+            raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {choices})") from None
+
+    convert.__name__ = enum_type.__name__.lower()
+    return convert
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"port out of range: {text!r}")
+    return value
+
+
+def _phase_threshold(text: str):
+    label, sep, spec = text.partition("=")
+    if not sep or label not in PHASE_LABELS:
+        raise argparse.ArgumentTypeError(
+            f"expected LABEL=RANGE with LABEL one of {', '.join(PHASE_LABELS)}: {text!r}")
+    return label, _range(spec)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="check_email_roundtrip",
+        description="Prove that email is submitted and delivered: submit a marked message over "
+        "SMTP and find it again over IMAP, timing every phase (Nagios/Icinga plugin).",
+        epilog=f"Passwords: from --smtp-password-file/--imap-password-file or the environment "
+        f"variables {SMTP_PASSWORD_ENV} / {IMAP_PASSWORD_ENV}; never on the command line, where "
+        f"ps would show them.  Exit codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.",
+    )
+    add = parser.add_argument
+    add("--mode", type=_choice(Mode), metavar="{submit,roundtrip}", default=Mode.ROUNDTRIP,
+        help="roundtrip (default): submit, then wait for the message in IMAP; "
+        "submit: the SMTP transaction only")
+    servers = parser.add_argument_group("servers")
+    add = servers.add_argument
+    add("-H", "--hostname", metavar="HOST", help="host name of both servers (SMTP and IMAP)")
+    add("--smtp-host", metavar="HOST", help="SMTP server (default: --hostname)")
+    add("--smtp-port", type=_port, metavar="PORT", help="SMTP port (default: 465 for tls, 587 for starttls, 25 for none)")
+    add("--smtp-security", type=_choice(Security), metavar="{tls,starttls,none}",
+        help="tls (implicit), starttls or none (default: tls on port 465, else starttls). "
+        "With starttls the probe stops if the server does not offer it; AUTH is never sent "
+        "in cleartext unless 'none' is chosen")
+    add("--imap-host", metavar="HOST", help="IMAP server (default: --hostname, else --smtp-host)")
+    add("--imap-port", type=_port, metavar="PORT", help="IMAP port (default: 993 for tls, 143 for starttls/none)")
+    add("--imap-security", type=_choice(Security), metavar="{tls,starttls,none}",
+        help="tls (implicit), starttls or none (default: tls on port 993 or when no port is given, else starttls)")
+    add("--helo", dest="helo_name", metavar="NAME", help="name to send in EHLO (default: this machine's host name)")
+
+    tls = parser.add_argument_group("TLS")
+    tls.add_argument("--ca-file", metavar="PATH", help="PEM file of CA certificates to trust in addition to the system store")
+    tls.add_argument("--insecure", action="store_true",
+                     help="do not verify certificates or host names (said so in the output)")
+
+    account = parser.add_argument_group("accounts and message")
+    add = account.add_argument
+    add("--smtp-user", metavar="USER", help="SMTP AUTH user (no AUTH when absent)")
+    add("--smtp-password-file", metavar="PATH", help=f"file whose first line is the SMTP password (or set {SMTP_PASSWORD_ENV})")
+    add("--imap-user", metavar="USER", help="IMAP user (default: --smtp-user)")
+    add("--imap-password-file", metavar="PATH",
+        help=f"file whose first line is the IMAP password (or set {IMAP_PASSWORD_ENV}; "
+        "default: the SMTP password when the user is the same)")
+    add("--from", dest="envelope_from", metavar="ADDRESS", help="sender address (default: --smtp-user if it is an address)")
+    add("--to", dest="recipient", metavar="ADDRESS", help="recipient address (default: --from)")
+    add("--imap-folder", default="INBOX", metavar="FOLDER", help="folder to look for the message in (default: INBOX)")
+
+    limits = parser.add_argument_group("thresholds and time")
+    add = limits.add_argument
+    add("-w", "--warning", type=_range, default=_range("60"), metavar="RANGE",
+        help="Nagios range for the round trip in seconds (submit mode: the whole SMTP session); default 60")
+    add("-c", "--critical", type=_range, default=_range("300"), metavar="RANGE",
+        help="Nagios range for the round trip in seconds (submit mode: the whole SMTP session); default 300")
+    defaults = ", ".join(f"{label}={spec}" for label, spec in DEFAULT_PHASE_WARNING.items())
+    add("--phase-warning", type=_phase_threshold, action="append", default=[], metavar="LABEL=RANGE",
+        help=f"warning range for one phase, repeatable (defaults: {defaults})")
+    add("--phase-critical", type=_phase_threshold, action="append", default=[], metavar="LABEL=RANGE",
+        help="critical range for one phase, repeatable (default: none)")
+    add("--wait", type=_positive_seconds, metavar="SECONDS",
+        help=f"seconds to wait for the message to arrive (default: end of the critical range + {WAIT_PAST_CRITICAL:g})")
+    add("-t", "--timeout", type=_positive_seconds, metavar="SECONDS",
+        help=f"seconds for the whole run (default: --wait + {TIMEOUT_PAST_WAIT:g}); when reached the "
+        "plugin exits UNKNOWN naming the stage")
+
+    general = parser.add_argument_group("output")
+    general.add_argument("-v", "--verbose", action="count", default=0,
+                         help="-v details and timings, -vv configuration, -vvv protocol trace (passwords hidden)")
+    general.add_argument("-V", "--version", action="version", version=f"check_email_roundtrip {__version__}")
+    return parser
+
+
+def _read_password(path: Optional[str], env_name: str, what: str) -> Optional[Secret]:
+    if path:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                first_line = handle.readline().rstrip("\r\n")
+        except OSError as exc:
+            raise UsageError(f"cannot read {what} password file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"{what} password file {path} is not UTF-8 text") from None
+        if not first_line:
+            raise UsageError(f"{what} password file {path} is empty")
+        return Secret(first_line)
+    value = os.environ.get(env_name)
+    return Secret(value) if value else None
+
+
+def _endpoint(host, port, security, default_ports, implicit_default, user, password) -> Endpoint:
+    if security is None:
+        if port is None:
+            security = implicit_default
+        else:
+            security = Security.TLS if port in IMPLICIT_TLS_PORTS else Security.STARTTLS
+    if port is None:
+        port = default_ports[security]
+    return Endpoint(host=host, port=port, security=security, user=user, password=password)
+
+
+def _critical_end(critical: nagiosplugin.Range, warning: nagiosplugin.Range) -> float:
+    for candidate in (critical, warning):
+        if not candidate.invert and candidate.end != float("inf"):
+            return float(candidate.end)
+    return 300.0
+
+
+def parse_settings(argv: Optional[Sequence[str]] = None, environ=None) -> Settings:
+    """Options and environment -> Settings, or UsageError with one line."""
+    args = build_parser().parse_args(argv)
+    environ = os.environ if environ is None else environ
+
+    smtp_host = args.smtp_host or args.hostname
+    if not smtp_host:
+        raise UsageError("no SMTP server: give -H/--hostname or --smtp-host")
+    smtp_password = _read_password(args.smtp_password_file, SMTP_PASSWORD_ENV, "SMTP")
+    if args.smtp_user and smtp_password is None:
+        raise UsageError(f"--smtp-user needs a password: --smtp-password-file or ${SMTP_PASSWORD_ENV}")
+    smtp = _endpoint(smtp_host, args.smtp_port, args.smtp_security, SMTP_DEFAULT_PORT, Security.STARTTLS,
+                     args.smtp_user, smtp_password)
+
+    envelope_from = args.envelope_from or (args.smtp_user if args.smtp_user and "@" in args.smtp_user else None)
+    if not envelope_from:
+        raise UsageError("no sender: give --from (or an --smtp-user that is an address)")
+    recipient = args.recipient or envelope_from
+
+    imap = None
+    if args.mode is Mode.ROUNDTRIP:
+        imap_host = args.imap_host or args.hostname or args.smtp_host
+        imap_user = args.imap_user or args.smtp_user
+        if not imap_user:
+            raise UsageError("roundtrip mode needs an IMAP login: give --imap-user (or --smtp-user)")
+        imap_password = _read_password(args.imap_password_file, IMAP_PASSWORD_ENV, "IMAP")
+        if imap_password is None and imap_user == args.smtp_user:
+            imap_password = smtp_password
+        if imap_password is None:
+            raise UsageError(f"--imap-user needs a password: --imap-password-file or ${IMAP_PASSWORD_ENV}")
+        imap = _endpoint(imap_host, args.imap_port, args.imap_security, IMAP_DEFAULT_PORT, Security.TLS,
+                         imap_user, imap_password)
+
+    phase_thresholds = {label: [_range(spec), _range("")] for label, spec in DEFAULT_PHASE_WARNING.items()}
+    for label, spec in args.phase_warning:
+        phase_thresholds.setdefault(label, [_range(""), _range("")])[0] = spec
+    for label, spec in args.phase_critical:
+        phase_thresholds.setdefault(label, [_range(""), _range("")])[1] = spec
+
+    wait = args.wait if args.wait is not None else _critical_end(args.critical, args.warning) + WAIT_PAST_CRITICAL
+    timeout = args.timeout if args.timeout is not None else wait + TIMEOUT_PAST_WAIT
+    return Settings(
+        mode=args.mode,
+        smtp=smtp,
+        imap=imap,
+        envelope_from=envelope_from,
+        recipient=recipient,
+        imap_folder=args.imap_folder,
+        helo_name=args.helo_name or socket.gethostname(),
+        ca_file=args.ca_file,
+        insecure=args.insecure,
+        warning=args.warning,
+        critical=args.critical,
+        phase_thresholds={label: tuple(pair) for label, pair in phase_thresholds.items()},
+        wait=wait,
+        timeout=timeout,
+        verbose=min(args.verbose, 3),
+    )
+
+
+class _MaskSecrets(logging.Filter):
+    """Last line of defence: no password text reaches the output via logging."""
+
+    def __init__(self, secrets: Sequence[str]):
+        super().__init__()
+        self.secrets = [secret for secret in secrets if secret]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        for secret in self.secrets:
+            message = message.replace(secret, "********")
+        record.msg, record.args = message, None
+        return True
+
+
+def _configure_output(settings: Settings) -> None:
+    """Route our log lines into nagiosplugin's output, at the level -v asks for."""
+    runtime = nagiosplugin.Runtime()
+    runtime.verbose = settings.verbose
+    # Always print the long output (one line per problem) below the status
+    # line, also at -v0; perfdata then goes on the last line after "|".
+    runtime.output.verbose = max(settings.verbose, 1)
+    level = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}.get(settings.verbose, TRACE)
+    runtime.logchan.setLevel(level)
+    runtime.logchan.addFilter(_MaskSecrets(settings.secrets()))
+    log.setLevel(level)
+    log.propagate = False
+    log.addHandler(runtime.logchan)
+
+
+def _print_unknown(text: str) -> None:
+    print(f"{CHECK_NAME} UNKNOWN - {' '.join(text.split())}")
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    verbose = 0
+    try:
+        settings = parse_settings(argv)
+        verbose = settings.verbose
+        _configure_output(settings)
+        log.debug("settings: %r", settings)
+        run = run_roundtrip if settings.mode is Mode.ROUNDTRIP else run_submit
+        build_check(settings, run).main()  # prints and exits; -t is our own Deadline
+    except UsageError as exc:
+        _print_unknown(f"{exc} (see --help)")
+        sys.exit(UNKNOWN)
+    except KeyboardInterrupt:
+        _print_unknown("interrupted")
+        sys.exit(UNKNOWN)
+    except SystemExit:
+        raise
+    except BaseException as exc:  # a bug of ours, or -t striking outside the probe
+        _print_unknown(f"{exc.__class__.__name__}: {exc}" if not str(exc).startswith("timeout") else str(exc))
+        if verbose >= 3:
+            print(traceback.format_exc().rstrip())
+        sys.exit(UNKNOWN)

@@ -1,0 +1,81 @@
+"""The one error type the protocol code raises, and the phases it can name.
+
+Protocol code (``smtp``, ``imap``) knows nothing of Nagios: it returns timings
+and facts, or raises :class:`ProbeError`, which carries the phase, the server's
+reply code and the server's own text.  The nagiosplugin layer turns a
+ProbeError into a CRITICAL result whose text is ``str(error)``.
+
+:class:`RunTimeout` is deliberately *not* an ``Exception``: it derives from
+``BaseException`` so that no ``except Exception`` anywhere (ours, smtplib's or
+imaplib's) can swallow the end of the ``-t`` budget.
+"""
+
+import enum
+from typing import Optional
+
+
+class Phase(enum.Enum):
+    """Every stage a probe can fail in.  The value is how the output names it."""
+
+    SMTP_CONNECT = "SMTP connect"
+    SMTP_TLS = "SMTP TLS handshake"
+    SMTP_EHLO = "SMTP EHLO"
+    SMTP_STARTTLS = "SMTP STARTTLS"
+    SMTP_AUTH = "SMTP AUTH"
+    SMTP_MAIL = "SMTP MAIL FROM"
+    SMTP_RCPT = "SMTP RCPT TO"
+    SMTP_DATA = "SMTP DATA"
+    SMTP_QUIT = "SMTP QUIT"
+    IMAP_CONNECT = "IMAP connect"
+    IMAP_TLS = "IMAP TLS handshake"
+    IMAP_STARTTLS = "IMAP STARTTLS"
+    IMAP_LOGIN = "IMAP LOGIN"
+    IMAP_SELECT = "IMAP SELECT"
+    IMAP_SEARCH = "IMAP SEARCH"
+    IMAP_FETCH = "IMAP FETCH"
+    DELIVERY = "waiting for delivery"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class ProbeError(Exception):
+    """A fact about the monitored service: the probe could not go on.
+
+    ``reason`` is our short description ("rejected", "connection refused",
+    "certificate not trusted"); ``code`` and ``server_text`` are the server's
+    reply when there was one, quoted as the server sent it.
+    """
+
+    def __init__(
+        self,
+        phase: Phase,
+        reason: str,
+        code: Optional[int] = None,
+        server_text: str = "",
+    ):
+        self.phase = phase
+        self.reason = reason
+        self.code = code
+        self.server_text = " ".join(server_text.split())  # one line, always
+        super().__init__(str(self))
+
+    @property
+    def server_reply(self) -> str:
+        return " ".join(
+            part for part in (str(self.code) if self.code else "", self.server_text) if part
+        )
+
+    def __str__(self) -> str:
+        text = f"{self.phase} {self.reason}"
+        reply = self.server_reply
+        return f"{text}: {reply}" if reply else text
+
+
+class RunTimeout(BaseException):
+    """The ``-t`` budget ran out; ``stage`` says what the probe was doing."""
+
+    def __init__(self, stage: Phase, budget: float):
+        self.stage = stage
+        self.budget = budget
+        super().__init__(f"timeout: -t {budget:g} s reached during {stage}")

@@ -1,0 +1,259 @@
+"""The IMAP side: log in, remember where new mail will start, find the marker.
+
+Knows nothing of Nagios.  :class:`Mailbox` opens one session (connect, TLS,
+LOGIN, EXAMINE), records ``uid_next`` before anything is submitted, and then
+answers ``find_marker`` with one bounded ``UID SEARCH`` per call: only UIDs
+from ``uid_next`` on are searched, so the cost of a search does not grow with
+the size of the folder.  Only headers are ever fetched.
+"""
+
+import base64
+import imaplib
+import re
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Callable, List, Optional
+
+from .deadline import Deadline
+from .errors import Phase, ProbeError
+from .net import connect_tcp, connection_error, wrap_tls
+from .settings import Endpoint, Security
+
+
+@dataclass
+class RetrievalTimings:
+    """Seconds per IMAP step; ``cycle`` is what one look into the mailbox costs."""
+
+    connect: Optional[float] = None  # TCP (+ TLS for implicit TLS) + greeting
+    starttls: Optional[float] = None
+    login: Optional[float] = None
+    select: Optional[float] = None
+    search: Optional[float] = None  # the search that found the message
+    fetch: Optional[float] = None  # header fetch of the found message
+    searches: int = 0
+
+    @property
+    def cycle(self) -> Optional[float]:
+        steps = (self.connect, self.starttls, self.login, self.select, self.search, self.fetch)
+        done = [step for step in steps if step is not None]
+        return sum(done) if self.search is not None else None
+
+
+class _TracedIMAP(imaplib.IMAP4):
+    """imaplib with our socket set-up and a protocol trace that hides LOGIN."""
+
+    def __init__(self, endpoint: Endpoint, open_socket: Callable[[], socket.socket], trace: Optional[Callable[[str], None]]):
+        self._open_socket = open_socket
+        self._trace = trace
+        self.hiding_sent_lines = False
+        super().__init__(endpoint.host, endpoint.port)
+
+    # imaplib's __init__ resets self.debug from a module global; a property
+    # keeps our level (4 = every line) whatever it assigns.
+    @property
+    def debug(self):
+        return 4 if self._trace else 0
+
+    @debug.setter
+    def debug(self, value):
+        pass
+
+    def _create_socket(self, timeout=None):
+        return self._open_socket()
+
+    def _mesg(self, s, secs=None):
+        if self._trace is None:
+            return
+        if self.hiding_sent_lines and s.lstrip().startswith("> "):
+            s = "> <LOGIN command hidden>"
+        self._trace("IMAP " + s)
+
+
+def quote_mailbox(name: str) -> str:
+    """A mailbox name as an IMAP quoted string, in modified UTF-7 (RFC 3501 5.1.3)."""
+    out, pending = [], []
+
+    def flush():
+        if pending:
+            raw = "".join(pending).encode("utf-16-be")
+            out.append("&" + base64.b64encode(raw).decode("ascii").rstrip("=").replace("/", ",") + "-")
+            pending.clear()
+
+    for char in name:
+        if 0x20 <= ord(char) <= 0x7E:
+            flush()
+            out.append("&-" if char == "&" else char)
+        else:
+            pending.append(char)
+    flush()
+    encoded = "".join(out)
+    return '"' + encoded.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _text(data) -> str:
+    """The human part of an imaplib response: bytes or lists of bytes -> one line."""
+    if isinstance(data, (list, tuple)):
+        data = data[-1] if data else b""
+    if isinstance(data, bytes):
+        data = data.decode("utf-8", "replace")
+    return " ".join(str(data).split())
+
+
+class Mailbox:
+    """One IMAP session on one folder.  Use as a context manager."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        tls_context: ssl.SSLContext,
+        folder: str,
+        deadline: Deadline,
+        timings: RetrievalTimings,
+        trace: Optional[Callable[[str], None]] = None,
+    ):
+        self.endpoint = endpoint
+        self.tls_context = tls_context
+        self.folder = folder
+        self.deadline = deadline
+        self.timings = timings
+        self.trace = trace
+        self.uid_next: Optional[int] = None
+        self._imap: Optional[_TracedIMAP] = None
+
+    # -- session -----------------------------------------------------------
+    def open(self) -> int:
+        """Connect, log in, EXAMINE the folder; return the folder's UIDNEXT."""
+        endpoint = self.endpoint
+        phase = Phase.IMAP_CONNECT
+        try:
+            self.deadline.enter(phase)
+            step = time.monotonic()
+            self._imap = _TracedIMAP(endpoint, self._open_socket, self.trace)
+            self.timings.connect = time.monotonic() - step
+
+            if endpoint.security is Security.STARTTLS:
+                phase = self._enter(Phase.IMAP_STARTTLS)
+                step = time.monotonic()
+                if "STARTTLS" not in self._imap.capabilities:
+                    raise ProbeError(phase, "not offered by the server: refusing to continue without TLS")
+                try:
+                    self._imap.starttls(self.tls_context)
+                except OSError as exc:  # ssl.SSLError is an OSError
+                    raise connection_error(phase, endpoint.host, endpoint.port, exc, self.deadline.socket_timeout()) from None
+                self.timings.starttls = time.monotonic() - step
+
+            phase = self._enter(Phase.IMAP_LOGIN)
+            step = time.monotonic()
+            if "LOGINDISABLED" in self._imap.capabilities:
+                raise ProbeError(phase, "unavailable: the server announces LOGINDISABLED")
+            self._imap.hiding_sent_lines = True
+            try:
+                self._imap.login(endpoint.user, endpoint.password.reveal() if endpoint.password else "")
+            except imaplib.IMAP4.abort:
+                raise
+            except imaplib.IMAP4.error as exc:
+                raise ProbeError(phase, f"rejected for {endpoint.user}", server_text=_text(exc.args[0] if exc.args else "")) from None
+            finally:
+                self._imap.hiding_sent_lines = False
+            self.timings.login = time.monotonic() - step
+
+            phase = self._enter(Phase.IMAP_SELECT)
+            step = time.monotonic()
+            # EXAMINE (read-only): the probe never changes flags on the mailbox.
+            status, data = self._imap.select(quote_mailbox(self.folder), readonly=True)
+            if status != "OK":
+                raise ProbeError(phase, f'failed: folder "{self.folder}" cannot be opened', server_text=_text(data))
+            self.uid_next = self._read_uid_next()
+            self.timings.select = time.monotonic() - step
+            return self.uid_next
+        except ProbeError:
+            raise
+        except imaplib.IMAP4.error as exc:
+            raise ProbeError(phase, "failed", server_text=_text(exc.args[0] if exc.args else "")) from None
+        except (OSError, EOFError) as exc:
+            raise connection_error(phase, endpoint.host, endpoint.port, exc, self.deadline.socket_timeout()) from None
+
+    def close(self) -> None:
+        if self._imap is None:
+            return
+        try:
+            self._imap.sock.settimeout(min(self.deadline.socket_timeout(), 2.0))
+            self._imap.logout()
+        except (imaplib.IMAP4.error, OSError, EOFError):
+            pass  # the result is known; a slow goodbye does not change it
+        self._imap = None
+
+    def __enter__(self) -> "Mailbox":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- searching -----------------------------------------------------------
+    def find_marker(self, marker: str, since_uid: int) -> Optional[int]:
+        """One bounded search for ``marker`` in Subject or body; the UID or None."""
+        step = time.monotonic()
+        data = self._uid_command(Phase.IMAP_SEARCH, "SEARCH", "UID", f"{since_uid}:*",
+                                 "OR", "SUBJECT", marker, "BODY", marker)
+        elapsed = time.monotonic() - step
+        self.timings.searches += 1
+        # "n:*" always includes the highest UID, even when it is below n
+        # (RFC 3501 6.4.8): keep only UIDs that really are new.
+        uids = [int(word) for word in b" ".join(part for part in data if part).split() if word.isdigit()]
+        new = [uid for uid in uids if uid >= since_uid]
+        if not new:
+            return None
+        self.timings.search = elapsed
+        return min(new)
+
+    def fetch_header(self, uid: int) -> bytes:
+        """The header block of one message (BODY.PEEK: leaves \\Seen alone)."""
+        step = time.monotonic()
+        data = self._uid_command(Phase.IMAP_FETCH, "FETCH", str(uid), "(BODY.PEEK[HEADER])")
+        self.timings.fetch = time.monotonic() - step
+        for part in data:
+            if isinstance(part, tuple) and len(part) == 2:
+                return part[1]
+        raise ProbeError(Phase.IMAP_FETCH, f"failed: no header returned for UID {uid}")
+
+    # -- helpers ----------------------------------------------------------------
+    def _open_socket(self) -> socket.socket:
+        endpoint = self.endpoint
+        sock = connect_tcp(endpoint.host, endpoint.port, self.deadline.socket_timeout(), Phase.IMAP_CONNECT)
+        if endpoint.security is Security.TLS:
+            self.deadline.enter(Phase.IMAP_TLS)
+            sock = wrap_tls(sock, self.tls_context, endpoint.host, endpoint.port, Phase.IMAP_TLS)
+            self.deadline.enter(Phase.IMAP_CONNECT)
+        return sock
+
+    def _uid_command(self, phase: Phase, command: str, *args: str) -> list:
+        """One UID command in the selected folder; its data, or ProbeError."""
+        self._enter(phase)
+        try:
+            status, data = self._imap.uid(command, *args)
+        except imaplib.IMAP4.error as exc:
+            raise ProbeError(phase, "failed", server_text=_text(exc.args[0] if exc.args else "")) from None
+        except (OSError, EOFError) as exc:
+            raise connection_error(phase, self.endpoint.host, self.endpoint.port, exc, self.deadline.socket_timeout()) from None
+        if status != "OK":
+            raise ProbeError(phase, "failed", server_text=_text(data))
+        return data
+
+    def _enter(self, phase: Phase) -> Phase:
+        self.deadline.enter(phase)
+        if self._imap is not None and self._imap.sock is not None:
+            self._imap.sock.settimeout(self.deadline.socket_timeout())
+        return phase
+
+    def _read_uid_next(self) -> int:
+        _, data = self._imap.response("UIDNEXT")
+        if data and data[0] is not None:
+            return int(data[0])
+        # Not in the SELECT answer (allowed by RFC 3501): ask with STATUS.
+        status, data = self._imap.status(quote_mailbox(self.folder), "(UIDNEXT)")
+        match = re.search(rb"UIDNEXT (\d+)", b" ".join(d for d in data if isinstance(d, bytes)))
+        if status != "OK" or not match:
+            raise ProbeError(Phase.IMAP_SELECT, f'failed: no UIDNEXT for folder "{self.folder}"', server_text=_text(data))
+        return int(match.group(1))

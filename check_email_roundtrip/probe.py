@@ -1,0 +1,153 @@
+"""One probe run, end to end, as facts: what happened and how long it took.
+
+Knows nothing of Nagios.  ``run_submit`` and ``run_roundtrip`` never raise for
+a failing server: they return a :class:`ProbeOutcome` whose ``error`` is the
+ProbeError (and whose timings hold the phases that did complete), or whose
+``timeout`` says the ``-t`` budget ran out and in which stage.
+"""
+
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from datetime import datetime, timezone
+from typing import Iterator, Optional
+
+from . import __version__
+from .deadline import Deadline
+from .errors import Phase, ProbeError, RunTimeout
+from .imap import Mailbox, RetrievalTimings
+from .marker import new_marker
+from .net import make_ssl_context
+from .settings import Settings
+from .smtp import SubmissionReceipt, SubmissionTimings, submit_message
+
+log = logging.getLogger("check_email_roundtrip")
+TRACE = 5  # log level of the protocol trace (-vvv)
+logging.addLevelName(TRACE, "TRACE")
+
+# Arrival polling: the first search right after the server accepted the
+# message, then waits growing from 20 ms by half each time up to 1 s.  About
+# a dozen searches cover the first two seconds (where loopback and LAN
+# deliveries land); after that the server sees at most one bounded UID SEARCH
+# a second.
+POLL_FIRST_INTERVAL = 0.02
+POLL_GROWTH = 1.5
+POLL_MAX_INTERVAL = 1.0
+
+
+def poll_intervals() -> Iterator[float]:
+    interval = POLL_FIRST_INTERVAL
+    while True:
+        yield interval
+        interval = min(interval * POLL_GROWTH, POLL_MAX_INTERVAL)
+
+
+@dataclass
+class ProbeOutcome:
+    marker: Optional[str] = None
+    submission: SubmissionTimings = field(default_factory=SubmissionTimings)
+    receipt: Optional[SubmissionReceipt] = None
+    retrieval: Optional[RetrievalTimings] = None
+    roundtrip: Optional[float] = None
+    found_uid: Optional[int] = None
+    header: Optional[bytes] = None  # the found message's header block
+    not_delivered_within: Optional[float] = None  # set when --wait ran out
+    error: Optional[ProbeError] = None
+    timeout: Optional[RunTimeout] = None
+
+
+def build_message(settings: Settings, marker: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = settings.envelope_from
+    message["To"] = settings.recipient
+    message["Subject"] = f"check_email_roundtrip probe {marker}"
+    message["Date"] = format_datetime(datetime.now(timezone.utc))
+    domain = settings.envelope_from.rpartition("@")[2] or None
+    message["Message-ID"] = make_msgid(idstring=marker, domain=domain)
+    message["X-Check-Email-Roundtrip"] = marker
+    message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies to probes
+    message.set_content(
+        "This message was sent by check_email_roundtrip "
+        f"{__version__} to prove that mail is delivered.\n"
+        f"Marker: {marker}\n"
+        f"Sent by: {socket.gethostname()}\n"
+        "It can be deleted.\n"
+    )
+    return message
+
+
+def _trace(line: str) -> None:
+    log.log(TRACE, "%s", line)
+
+
+def _submit(settings: Settings, deadline: Deadline, outcome: ProbeOutcome, message: bytes) -> None:
+    tls_context = make_ssl_context(settings.ca_file, settings.insecure)
+    log.info("SMTP %s as %s, from %s to %s", settings.smtp, settings.smtp.user or "(no AUTH)",
+             settings.envelope_from, settings.recipient)
+    outcome.receipt = submit_message(
+        settings.smtp, tls_context, settings.helo_name, settings.envelope_from, [settings.recipient],
+        message, deadline, outcome.submission, trace=_trace if settings.verbose >= 3 else None,
+    )
+    log.info("SMTP accepted: %s", outcome.receipt.final_reply)
+    timings = outcome.submission
+    log.info("SMTP phases: %s", ", ".join(
+        f"{name} {value:.3f} s" for name, value in (
+            ("connect", timings.connect), ("starttls", timings.starttls), ("auth", timings.auth),
+            ("submit", timings.submit), ("total", timings.total)) if value is not None))
+
+
+def run_submit(settings: Settings, deadline: Deadline) -> ProbeOutcome:
+    outcome = ProbeOutcome(marker=new_marker())
+    try:
+        _submit(settings, deadline, outcome, build_message(settings, outcome.marker).as_bytes())
+    except ProbeError as exc:
+        outcome.error = exc
+    except RunTimeout as exc:
+        outcome.timeout = exc
+    return outcome
+
+
+def run_roundtrip(settings: Settings, deadline: Deadline) -> ProbeOutcome:
+    """Submit a marked message and wait in IMAP until it appears."""
+    outcome = ProbeOutcome(marker=new_marker(), retrieval=RetrievalTimings())
+    message = build_message(settings, outcome.marker)
+    log.info("marker %s", outcome.marker)
+    tls_context = make_ssl_context(settings.ca_file, settings.insecure)
+    try:
+        # Log in and note UIDNEXT *before* submitting: everything at or above
+        # it arrived after the probe started, so the search can stop there.
+        with Mailbox(settings.imap, tls_context, settings.imap_folder, deadline, outcome.retrieval,
+                     trace=_trace if settings.verbose >= 3 else None) as mailbox:
+            log.info("IMAP %s as %s, folder %s", settings.imap, settings.imap.user, settings.imap_folder)
+            since_uid = mailbox.open()
+            log.info("IMAP %s UIDNEXT %d", settings.imap_folder, since_uid)
+            _submit(settings, deadline, outcome, message.as_bytes())
+            submitted_at = outcome.submission.submit_started
+            wait_ends = submitted_at + settings.wait
+            intervals = poll_intervals()
+            while True:
+                uid = mailbox.find_marker(outcome.marker, since_uid)
+                seen_at = time.monotonic()
+                if uid is not None:
+                    outcome.found_uid = uid
+                    outcome.roundtrip = seen_at - submitted_at
+                    break
+                if seen_at >= wait_ends:
+                    outcome.not_delivered_within = settings.wait
+                    break
+                deadline.enter(Phase.DELIVERY)
+                pause = min(next(intervals), wait_ends - seen_at, max(deadline.remaining(), 0))
+                time.sleep(pause)
+                deadline.check()
+            log.info("IMAP searches: %d", outcome.retrieval.searches)
+            if outcome.found_uid is not None:
+                outcome.header = mailbox.fetch_header(outcome.found_uid)
+                log.info("found UID %d after %.3f s", outcome.found_uid, outcome.roundtrip)
+    except ProbeError as exc:
+        outcome.error = exc
+    except RunTimeout as exc:
+        outcome.timeout = exc
+    return outcome

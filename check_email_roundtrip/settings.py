@@ -1,0 +1,89 @@
+"""The one settings object the CLI builds and every other layer reads.
+
+Nothing below the CLI looks at ``argparse`` or the environment: the probe and
+the nagiosplugin layer get a :class:`Settings` (or the part of it they need).
+"""
+
+import enum
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+
+import nagiosplugin
+
+
+class Security(enum.Enum):
+    TLS = "tls"  # implicit TLS from the first byte (465, 993)
+    STARTTLS = "starttls"  # plaintext greeting, then STARTTLS before anything else
+    NONE = "none"  # no TLS at all: only when the user asks for it
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Mode(enum.Enum):
+    SUBMIT = "submit"
+    ROUNDTRIP = "roundtrip"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Secret:
+    """A password that does not print itself: repr/str show a placeholder."""
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One server the probe talks to, and how."""
+
+    host: str
+    port: int
+    security: Security
+    user: Optional[str] = None
+    password: Optional[Secret] = field(default=None, repr=False)
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port} ({self.security})"
+
+
+@dataclass(frozen=True)
+class Settings:
+    mode: Mode
+    smtp: Endpoint
+    imap: Optional[Endpoint]  # None in submit mode
+    envelope_from: str
+    recipient: str
+    imap_folder: str
+    helo_name: str
+    ca_file: Optional[str]
+    insecure: bool
+    # -w/-c: on the round trip (roundtrip mode) or the whole SMTP session (submit mode)
+    warning: nagiosplugin.Range
+    critical: nagiosplugin.Range
+    # per-phase thresholds, keyed by perfdata label: (warning, critical)
+    phase_thresholds: Dict[str, Tuple[nagiosplugin.Range, nagiosplugin.Range]]
+    wait: float
+    timeout: float
+    verbose: int
+
+    def secrets(self) -> Tuple[str, ...]:
+        """Every secret value, for the output filter that masks them."""
+        values = []
+        for endpoint in (self.smtp, self.imap):
+            if endpoint is not None and endpoint.password is not None:
+                values.append(endpoint.password.reveal())
+        return tuple(value for value in values if value)
