@@ -1,0 +1,103 @@
+"""Shared fixtures: the real mail stack, and running the installed plugin.
+
+Integration tests run the *installed* ``check_email_roundtrip`` command as a
+subprocess, as Nagios would, against the loopback stack of ``mailstack.py``.
+The stack is brought up once per session (installing Debian packages when
+missing); if this session started it, it is stopped again at the end.
+"""
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from mailstack import MailStack  # noqa: E402
+
+PLUGIN = "check_email_roundtrip"
+PASSWORD_ENV = ("CHECK_EMAIL_ROUNDTRIP_SMTP_PASSWORD", "CHECK_EMAIL_ROUNDTRIP_IMAP_PASSWORD")
+STATUS_LINE = re.compile(r"^EMAIL_ROUNDTRIP (OK|WARNING|CRITICAL|UNKNOWN) - \S")
+PERF_ITEM = re.compile(r"^([a-z0-9_]+)=(\d+(?:\.\d+)?)(s)?((?:;[^;\s]*){0,4})$")
+
+
+@dataclass
+class PluginRun:
+    args: List[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def lines(self) -> List[str]:
+        return self.stdout.splitlines()
+
+    @property
+    def first_line(self) -> str:
+        return self.lines[0] if self.lines else ""
+
+    @property
+    def state(self) -> str:
+        match = STATUS_LINE.match(self.first_line)
+        return match.group(1) if match else "(no status line)"
+
+    @property
+    def perfdata(self) -> Dict[str, float]:
+        """Perfdata as label -> value, checked for the conventions on the way."""
+        assert self.stdout.count("|") <= 1, self.stdout
+        if "|" not in self.stdout:
+            return {}
+        values = {}
+        for item in self.stdout.split("|", 1)[1].split():
+            match = PERF_ITEM.match(item)
+            assert match, f"malformed perfdata item {item!r}"
+            values[match.group(1)] = float(match.group(2))
+        return values
+
+    def describe(self) -> str:
+        return f"exit {self.returncode} after {self.seconds:.2f} s\n--- stdout\n{self.stdout}--- stderr\n{self.stderr}"
+
+
+def run_plugin(*args: str, env: Optional[Dict[str, str]] = None, timeout: float = 120) -> PluginRun:
+    executable = shutil.which(PLUGIN)
+    assert executable, f"{PLUGIN} is not installed (pip install .)"
+    full_env = {key: value for key, value in os.environ.items() if key not in PASSWORD_ENV}
+    full_env.update(env or {})
+    started = time.monotonic()
+    done = subprocess.run([executable, *args], capture_output=True, text=True, env=full_env,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return PluginRun(list(args), done.returncode, done.stdout, done.stderr, time.monotonic() - started)
+
+
+def assert_state(run: PluginRun, exit_code: int, state: str, first_line_contains: str = "") -> None:
+    """The check_systemd-style assertion: exit code, state word, cause in line 1."""
+    assert run.returncode == exit_code, run.describe()
+    assert run.state == state, run.describe()
+    assert first_line_contains in run.first_line, run.describe()
+    assert run.stderr == "", run.describe()
+    assert "Traceback" not in run.stdout, run.describe()
+
+
+@pytest.fixture(scope="session")
+def stack():
+    mailstack = MailStack(verbose=False)
+    was_running = mailstack.healthy() if os.path.exists(mailstack.stack_json) else False
+    mailstack.up()
+    yield mailstack
+    if not was_running:
+        mailstack.down()
+
+
+@pytest.fixture
+def free_port():
+    """A loopback port with nothing listening on it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -1,0 +1,35 @@
+"""The installed command's contract without any server: usage errors, version."""
+
+from conftest import assert_state, run_plugin
+
+
+def test_bad_option_is_unknown_with_one_line():
+    run = run_plugin("--bogus")
+    assert_state(run, 3, "UNKNOWN", "unrecognized arguments: --bogus")
+    assert len(run.lines) == 1
+
+
+def test_missing_server_is_unknown_with_one_line():
+    run = run_plugin("--from", "a@example.test")
+    assert_state(run, 3, "UNKNOWN", "no SMTP server: give -H/--hostname or --smtp-host")
+    assert len(run.lines) == 1
+
+
+def test_bad_range_is_unknown():
+    run = run_plugin("-H", "localhost", "--from", "a@example.test", "-w", "10:5")
+    assert_state(run, 3, "UNKNOWN", "argument -w/--warning: invalid range")
+
+
+def test_version_and_help():
+    run = run_plugin("-V")
+    assert run.returncode == 0 and run.stdout.startswith("check_email_roundtrip ")
+    run = run_plugin("--help")
+    assert run.returncode == 0 and "--smtp-password-file" in run.stdout
+
+
+def test_runs_as_module():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "check_email_roundtrip", "-V"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("check_email_roundtrip ")

@@ -1,0 +1,316 @@
+"""The installed plugin against the real Postfix + Dovecot stack on loopback."""
+
+import base64
+import imaplib
+import socket
+import ssl
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from conftest import assert_state, run_plugin
+from mailstack import IMAP_PORT, IMAPS_PORT, SUBMISSION_PORT, SUBMISSIONS_PORT
+
+STARTTLS_LABELS = {"roundtrip", "smtp_connect", "smtp_starttls", "smtp_auth", "smtp_submit", "smtp_total", "imap_retrieval"}
+IMPLICIT_TLS_LABELS = STARTTLS_LABELS - {"smtp_starttls"}
+
+
+def _probe_args(stack, user, smtp_port, imap_port, security, extra):
+    return [
+        "-H", "localhost", "--ca-file", stack.ca,
+        "--smtp-port", str(smtp_port), "--smtp-security", security,
+        "--imap-port", str(imap_port), "--imap-security", security,
+        "--smtp-user", stack.address(user), "--smtp-password-file", stack.password_file(user),
+        *extra,
+    ]
+
+
+def starttls_args(stack, user="probe", *extra):
+    """587/143-style: STARTTLS on both sides, certificates verified via --ca-file."""
+    return _probe_args(stack, user, SUBMISSION_PORT, IMAP_PORT, "starttls", extra)
+
+
+def implicit_tls_args(stack, user="probe", *extra):
+    """465/993-style: implicit TLS on both sides."""
+    return _probe_args(stack, user, SUBMISSIONS_PORT, IMAPS_PORT, "tls", extra)
+
+
+# -- OK paths -------------------------------------------------------------------
+def test_round_trip_over_starttls_is_ok_with_every_label(stack):
+    run = run_plugin(*starttls_args(stack))
+    assert_state(run, 0, "OK", "EMAIL_ROUNDTRIP OK - round trip ")
+    assert "(INBOX, queued as " in run.first_line
+    assert set(run.perfdata) == STARTTLS_LABELS
+    assert 0 < run.perfdata["roundtrip"] < 60
+    assert run.stdout.count("|") == 1
+
+
+def test_round_trip_over_implicit_tls_is_ok_with_every_label(stack):
+    run = run_plugin(*implicit_tls_args(stack))
+    assert_state(run, 0, "OK", "EMAIL_ROUNDTRIP OK - round trip ")
+    assert set(run.perfdata) == IMPLICIT_TLS_LABELS
+
+
+def test_submit_only_is_ok(stack):
+    run = run_plugin(*starttls_args(stack, "probe", "--mode", "submit"))
+    assert_state(run, 0, "OK", "EMAIL_ROUNDTRIP OK - submitted in ")
+    assert set(run.perfdata) == {"smtp_connect", "smtp_starttls", "smtp_auth", "smtp_submit", "smtp_total"}
+
+
+def test_perfdata_carries_thresholds_and_budgets(stack):
+    run = run_plugin(*implicit_tls_args(stack, "probe", "-w", "45", "-c", "90"))
+    assert_state(run, 0, "OK")
+    perf = run.stdout.split("|", 1)[1].split()
+    items = {item.split("=")[0]: item for item in perf}
+    assert items["roundtrip"].endswith("s;45;90;0")
+    assert items["smtp_auth"].endswith("s;1;;0")
+
+
+def _subject_of(stack, uid):
+    context = ssl.create_default_context(cafile=stack.ca)
+    with imaplib.IMAP4_SSL("localhost", IMAPS_PORT, ssl_context=context) as imap:
+        imap.login(stack.address("probe"), open(stack.password_file("probe")).read().strip())
+        imap.select("INBOX", readonly=True)
+        _, data = imap.uid("FETCH", str(uid), "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        return data[0][1].decode()
+
+
+def test_two_probes_at_once_each_find_their_own_message(stack):
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(lambda _: run_plugin(*starttls_args(stack, "probe", "-v")), range(2)))
+    found = []
+    for run in runs:
+        assert_state(run, 0, "OK")
+        marker = next(line.split()[-1] for line in run.lines if line.startswith("marker "))
+        uid = int(next(line.split()[2] for line in run.lines if line.startswith("found UID ")))
+        assert marker in _subject_of(stack, uid)
+        found.append((marker, uid))
+    assert found[0][0] != found[1][0] and found[0][1] != found[1][1]
+
+
+# -- thresholds and delivery ---------------------------------------------------------
+def _release_held_after(stack, seconds):
+    """Hold-and-release: a delivery delayed by `seconds` after it was queued."""
+
+    def release():
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not stack.queue_ids("hold"):
+            time.sleep(0.05)
+        time.sleep(seconds)
+        stack.release_held()
+
+    thread = threading.Thread(target=release, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.fixture
+def held_queue(stack):
+    yield
+    stack.delete_held()
+
+
+def test_delayed_delivery_crossing_warning_is_warning(stack, held_queue):
+    thread = _release_held_after(stack, 2.0)
+    run = run_plugin(*starttls_args(stack, "probe", "--to", "probe+hold@example.test", "-w", "1", "-c", "30"))
+    thread.join()
+    assert_state(run, 1, "WARNING", "EMAIL_ROUNDTRIP WARNING - roundtrip ")
+    assert "(outside range 0:1)" in run.first_line
+    assert run.perfdata["roundtrip"] >= 2.0
+
+
+def test_delayed_delivery_crossing_critical_is_critical(stack, held_queue):
+    thread = _release_held_after(stack, 2.0)
+    run = run_plugin(*starttls_args(stack, "probe", "--to", "probe+hold@example.test", "-w", "0.5", "-c", "1", "--wait", "20"))
+    thread.join()
+    assert_state(run, 2, "CRITICAL", "EMAIL_ROUNDTRIP CRITICAL - roundtrip ")
+    assert run.perfdata["roundtrip"] >= 2.0
+
+
+def test_message_that_never_arrives_is_critical_within_wait(stack, held_queue):
+    run = run_plugin(*implicit_tls_args(stack, "probe", "--to", "probe+hold@example.test", "--wait", "3"))
+    assert_state(run, 2, "CRITICAL", "EMAIL_ROUNDTRIP CRITICAL - not delivered within 3 s (queued as ")
+    assert stack.queue_ids("hold"), "the message should still be held"
+    assert 3 <= run.seconds < 3 + 5
+    assert "roundtrip" not in run.perfdata and "smtp_submit" in run.perfdata
+
+
+# -- failures ----------------------------------------------------------------------------
+def test_wrong_smtp_password_is_critical_quoting_535(stack, tmp_path):
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not-the-password\n")
+    args = starttls_args(stack)
+    args[args.index("--smtp-password-file") + 1] = str(wrong)
+    run = run_plugin(*args, "--imap-password-file", stack.password_file("probe"))
+    assert_state(run, 2, "CRITICAL", "EMAIL_ROUNDTRIP CRITICAL - SMTP AUTH rejected: 535 5.7.8")
+    assert set(run.perfdata) == {"smtp_connect", "smtp_starttls"}
+
+
+def test_wrong_imap_password_is_critical(stack, tmp_path):
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not-the-password\n")
+    run = run_plugin(*implicit_tls_args(stack, "probe", "--imap-password-file", str(wrong)))
+    assert_state(run, 2, "CRITICAL", "EMAIL_ROUNDTRIP CRITICAL - IMAP LOGIN rejected for probe@example.test: [AUTHENTICATIONFAILED]")
+
+
+def test_port_with_nothing_listening_is_critical(stack, free_port):
+    run = run_plugin(*starttls_args(stack, "probe", "--smtp-port", str(free_port)))
+    assert_state(run, 2, "CRITICAL", f"SMTP connect to localhost:{free_port} refused")
+
+
+def test_imap_folder_missing_is_critical_naming_it(stack):
+    run = run_plugin(*implicit_tls_args(stack, "probe", "--imap-folder", "No Such Folder"))
+    assert_state(run, 2, "CRITICAL", 'IMAP SELECT failed: folder "No Such Folder" cannot be opened')
+
+
+def test_host_name_that_does_not_resolve_is_critical(stack):
+    run = run_plugin(*starttls_args(stack, "probe", "--smtp-host", "no-such-host.invalid"))
+    assert_state(run, 2, "CRITICAL", "SMTP connect failed: cannot resolve host name no-such-host.invalid")
+
+
+def test_certificate_for_another_name_is_critical_and_ok_with_insecure(stack):
+    # The stack's certificate names "localhost" only: 127.0.0.1 does not match.
+    args = starttls_args(stack) + ["--smtp-host", "127.0.0.1"]
+    run = run_plugin(*args)
+    assert_state(run, 2, "CRITICAL", "SMTP STARTTLS to 127.0.0.1:")
+    assert "certificate not accepted: IP address mismatch" in run.first_line
+    run = run_plugin(*args, "--insecure")
+    assert_state(run, 0, "OK", "TLS NOT VERIFIED (--insecure)")
+
+
+def test_imap_certificate_for_another_name_is_critical(stack):
+    run = run_plugin(*implicit_tls_args(stack, "probe", "--imap-host", "127.0.0.1"))
+    assert_state(run, 2, "CRITICAL", "IMAP TLS handshake to 127.0.0.1:")
+    assert "certificate not accepted: IP address mismatch" in run.first_line
+
+
+def test_untrusted_certificate_is_critical_on_either_server(stack):
+    # Without --ca-file the stack's private CA is not in the system store.
+    args = implicit_tls_args(stack)
+    del args[args.index("--ca-file"):args.index("--ca-file") + 2]
+    run = run_plugin(*args, "--mode", "submit")
+    assert_state(run, 2, "CRITICAL", "SMTP TLS handshake to localhost:")
+    assert "certificate not accepted: unable to get local issuer certificate" in run.first_line
+    run = run_plugin(*args)  # roundtrip mode logs in to IMAP first
+    assert_state(run, 2, "CRITICAL", "IMAP TLS handshake to localhost:")
+    assert "certificate not accepted: unable to get local issuer certificate" in run.first_line
+
+
+def test_starttls_not_offered_is_critical_and_sends_no_auth(stack):
+    # The inbound MX port offers no STARTTLS to the probe in this stack? Use a
+    # listener of our own that offers only AUTH, and record what it receives.
+    received = []
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def serve():
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(b"220 fake ESMTP\r\n")
+            reader = conn.makefile("rb")
+            for line in reader:
+                received.append(line)
+                if line.upper().startswith(b"EHLO"):
+                    conn.sendall(b"250-fake\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n")
+                elif line.upper().startswith(b"QUIT"):
+                    conn.sendall(b"221 bye\r\n")
+                    break
+                else:
+                    conn.sendall(b"250 ok\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    port = server.getsockname()[1]
+    run = run_plugin(*starttls_args(stack, "probe", "--smtp-host", "127.0.0.1", "--smtp-port", str(port), "--mode", "submit"))
+    server.close()
+    assert_state(run, 2, "CRITICAL", "SMTP STARTTLS not offered by the server: refusing to continue without TLS")
+    assert not any(line.upper().startswith(b"AUTH") for line in received), received
+
+
+def test_auth_not_offered_before_tls_is_critical(stack):
+    # Postfix offers AUTH only after STARTTLS (smtpd_tls_auth_only): with
+    # --smtp-security none the probe must say so, not send credentials.
+    run = run_plugin(*starttls_args(stack, "probe", "--smtp-security", "none", "--mode", "submit"))
+    assert_state(run, 2, "CRITICAL", "SMTP AUTH unavailable: the server offers no AUTH")
+
+
+# -- time budget -------------------------------------------------------------------------
+def _silent_listener(drip=None):
+    """Accepts TCP and says nothing (or drips a continuation line forever)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    stop = threading.Event()
+
+    def serve():
+        server.settimeout(0.2)
+        connections = []
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+                connections.append(conn)
+            except OSError:
+                pass
+            for conn in connections:
+                if drip:
+                    try:
+                        conn.sendall(drip)
+                    except OSError:
+                        pass
+        for conn in connections:
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server, stop
+
+
+def test_server_that_never_greets_is_critical_before_t(stack):
+    server, stop = _silent_listener()
+    try:
+        run = run_plugin(*starttls_args(stack, "probe", "--smtp-host", "127.0.0.1", "--smtp-port",
+                                        str(server.getsockname()[1]), "-t", "3"))
+    finally:
+        stop.set()
+    assert_state(run, 2, "CRITICAL", "SMTP connect to 127.0.0.1:")
+    assert "no answer within" in run.first_line
+    assert run.seconds < 3 + 1
+
+
+def test_t_reached_is_unknown_naming_the_stage(stack):
+    server, stop = _silent_listener(drip=b"220-still greeting\r\n")
+    try:
+        run = run_plugin(*starttls_args(stack, "probe", "--smtp-host", "127.0.0.1", "--smtp-port",
+                                        str(server.getsockname()[1]), "-t", "2"))
+    finally:
+        stop.set()
+    assert_state(run, 3, "UNKNOWN", "EMAIL_ROUNDTRIP UNKNOWN - timeout: -t 2 s reached during SMTP connect")
+    assert run.seconds < 2 + 1
+
+
+def test_t_shorter_than_wait_ends_in_time_naming_the_wait(stack, held_queue):
+    run = run_plugin(*implicit_tls_args(stack, "probe", "--to", "probe+hold@example.test", "--wait", "30", "-t", "3"))
+    assert_state(run, 3, "UNKNOWN", "timeout: -t 3 s reached during waiting for delivery")
+    assert run.seconds < 3 + 1
+
+
+# -- secrets and verbosity --------------------------------------------------------------------
+def test_no_password_in_output_even_at_vvv(stack):
+    password = open(stack.password_file("probe")).read().strip()
+    user = stack.address("probe")
+    plain = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+    run = run_plugin(*starttls_args(stack, "probe", "-vvv"))
+    assert_state(run, 0, "OK")
+    assert "SMTP send:" in run.stdout and "IMAP " in run.stdout  # the trace is there
+    for secret in (password, plain, base64.b64encode(password.encode()).decode()):
+        assert secret not in run.stdout + run.stderr
+    assert "<AUTH exchange hidden>" in run.stdout and "<LOGIN command hidden>" in run.stdout
+
+
+def test_password_from_environment(stack):
+    password = open(stack.password_file("probe")).read().strip()
+    args = [a for a in starttls_args(stack) if a not in ("--smtp-password-file", stack.password_file("probe"))]
+    run = run_plugin(*args, env={"CHECK_EMAIL_ROUNDTRIP_SMTP_PASSWORD": password})
+    assert_state(run, 0, "OK")
