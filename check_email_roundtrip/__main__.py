@@ -1,3 +1,26 @@
-from .cli import main
+"""Entry point of the console script and of ``python -m check_email_roundtrip``.
 
-main()
+Kept free of third-party imports: if a dependency is missing, Python would
+print a traceback and exit 1 (WARNING to Nagios); we print one UNKNOWN line
+and exit 3 instead.
+"""
+
+import sys
+
+PACKAGE = __name__.split(".")[0]
+
+
+def main() -> None:
+    try:
+        from .cli import main as cli_main
+    except ImportError as exc:
+        if exc.name and exc.name.split(".")[0] != PACKAGE:
+            print(f"EMAIL_ROUNDTRIP UNKNOWN - missing Python module {exc.name}: "
+                  f"install the plugin with its dependencies (pip install check_email_roundtrip)")
+            sys.exit(3)
+        raise
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()

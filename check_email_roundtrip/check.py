@@ -132,11 +132,25 @@ class ProbeSummary(nagiosplugin.Summary):
 
     def verbose(self, results) -> List[str]:
         lines = [str(result) for result in results if result.state != Ok]
-        if len(lines) == 1:
-            lines = []  # already the first line
-        if self.settings.insecure:
-            lines.append("TLS certificates were NOT verified (--insecure)")
-        return lines
+        return lines if len(lines) > 1 else []  # a single problem is the first line already
+
+
+class ProbeCheck(nagiosplugin.Check):
+    """nagiosplugin's Check, with long output also at -v0.
+
+    nagiosplugin prints the lines below the status line only from -v on; ours
+    name every further problem, so they are printed at -v0 too (perfdata then
+    moves to the last line).  With nothing to say below the status line, the
+    perfdata stays on line 1.
+    """
+
+    def __init__(self, *objects, verbose: int):
+        super().__init__(*objects)
+        self.verbose_level = verbose
+
+    def __call__(self):
+        super().__call__()
+        nagiosplugin.Runtime().output.verbose = max(self.verbose_level, 1 if self.verbose_str else 0)
 
 
 def build_check(settings: Settings, run: Callable[[Settings, Deadline], ProbeOutcome]) -> nagiosplugin.Check:
@@ -152,6 +166,6 @@ def build_check(settings: Settings, run: Callable[[Settings, Deadline], ProbeOut
         else:
             warning, critical = settings.phase_thresholds.get(label, (None, None))
         contexts.append(nagiosplugin.ScalarContext(label, warning, critical, fmt_metric=_fmt_seconds))
-    check = nagiosplugin.Check(ProbeResource(run, settings), *contexts, ProbeSummary(settings))
+    check = ProbeCheck(ProbeResource(run, settings), *contexts, ProbeSummary(settings), verbose=settings.verbose)
     check.name = CHECK_NAME
     return check

@@ -276,9 +276,6 @@ def _configure_output(settings: Settings) -> None:
     """Route our log lines into nagiosplugin's output, at the level -v asks for."""
     runtime = nagiosplugin.Runtime()
     runtime.verbose = settings.verbose
-    # Always print the long output (one line per problem) below the status
-    # line, also at -v0; perfdata then goes on the last line after "|".
-    runtime.output.verbose = max(settings.verbose, 1)
     level = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}.get(settings.verbose, TRACE)
     runtime.logchan.setLevel(level)
     runtime.logchan.addFilter(_MaskSecrets(settings.secrets()))

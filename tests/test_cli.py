@@ -33,3 +33,12 @@ def test_runs_as_module():
 
     done = subprocess.run([sys.executable, "-m", "check_email_roundtrip", "-V"], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.startswith("check_email_roundtrip ")
+
+
+def test_missing_dependency_is_unknown_not_a_traceback(tmp_path):
+    # A module named nagiosplugin that fails to import, first on the path.
+    (tmp_path / "nagiosplugin.py").write_text(
+        "raise ImportError(\"No module named 'nagiosplugin'\", name='nagiosplugin')\n")
+    run = run_plugin("-H", "localhost", "--from", "a@example.test", env={"PYTHONPATH": str(tmp_path)})
+    assert_state(run, 3, "UNKNOWN", "missing Python module nagiosplugin")
+    assert len(run.lines) == 1

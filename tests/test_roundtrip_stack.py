@@ -53,6 +53,19 @@ def test_round_trip_over_implicit_tls_is_ok_with_every_label(stack):
     assert set(run.perfdata) == IMPLICIT_TLS_LABELS
 
 
+def test_perfdata_on_line_one_unless_there_is_long_output(stack):
+    run = run_plugin(*implicit_tls_args(stack))
+    assert_state(run, 0, "OK")
+    assert len(run.lines) == 1 and " | " in run.first_line and "roundtrip=" in run.first_line
+    # two phases over budget: both named below the status line, perfdata last
+    run = run_plugin(*implicit_tls_args(stack, "probe", "--phase-warning", "smtp_connect=0:0",
+                                        "--phase-warning", "smtp_submit=0:0"))
+    assert_state(run, 1, "WARNING", "EMAIL_ROUNDTRIP WARNING - smtp_")
+    assert "|" not in run.first_line and run.lines[-1].startswith("| ")
+    assert any(line.startswith("smtp_connect ") for line in run.lines[1:-1])
+    assert any(line.startswith("smtp_submit ") for line in run.lines[1:-1])
+
+
 def test_submit_only_is_ok(stack):
     run = run_plugin(*starttls_args(stack, "probe", "--mode", "submit"))
     assert_state(run, 0, "OK", "EMAIL_ROUNDTRIP OK - submitted in ")
