@@ -121,6 +121,7 @@ class Mailbox:
         self.trace = trace
         self.uid_next: Optional[int] = None
         self._imap: Optional[_TracedIMAP] = None
+        self._socket_timeout = deadline.socket_timeout()  # for "no answer within N s"
 
     # -- session -----------------------------------------------------------
     def open(self) -> int:
@@ -141,7 +142,7 @@ class Mailbox:
                 try:
                     self._imap.starttls(self.tls_context)
                 except OSError as exc:  # ssl.SSLError is an OSError
-                    raise connection_error(phase, endpoint.host, endpoint.port, exc, self.deadline.socket_timeout()) from None
+                    raise connection_error(phase, endpoint.host, endpoint.port, exc, self._socket_timeout) from None
                 self.timings.starttls = time.monotonic() - step
 
             phase = self._enter(Phase.IMAP_LOGIN)
@@ -173,7 +174,7 @@ class Mailbox:
         except imaplib.IMAP4.error as exc:
             raise ProbeError(phase, "failed", server_text=_text(exc.args[0] if exc.args else "")) from None
         except (OSError, EOFError) as exc:
-            raise connection_error(phase, endpoint.host, endpoint.port, exc, self.deadline.socket_timeout()) from None
+            raise connection_error(phase, endpoint.host, endpoint.port, exc, self._socket_timeout) from None
 
     def close(self) -> None:
         if self._imap is None:
@@ -221,7 +222,8 @@ class Mailbox:
     # -- helpers ----------------------------------------------------------------
     def _open_socket(self) -> socket.socket:
         endpoint = self.endpoint
-        sock = connect_tcp(endpoint.host, endpoint.port, self.deadline.socket_timeout(), Phase.IMAP_CONNECT)
+        self._socket_timeout = self.deadline.socket_timeout()
+        sock = connect_tcp(endpoint.host, endpoint.port, self._socket_timeout, Phase.IMAP_CONNECT)
         if endpoint.security is Security.TLS:
             self.deadline.enter(Phase.IMAP_TLS)
             sock = wrap_tls(sock, self.tls_context, endpoint.host, endpoint.port, Phase.IMAP_TLS)
@@ -236,15 +238,16 @@ class Mailbox:
         except imaplib.IMAP4.error as exc:
             raise ProbeError(phase, "failed", server_text=_text(exc.args[0] if exc.args else "")) from None
         except (OSError, EOFError) as exc:
-            raise connection_error(phase, self.endpoint.host, self.endpoint.port, exc, self.deadline.socket_timeout()) from None
+            raise connection_error(phase, self.endpoint.host, self.endpoint.port, exc, self._socket_timeout) from None
         if status != "OK":
             raise ProbeError(phase, "failed", server_text=_text(data))
         return data
 
     def _enter(self, phase: Phase) -> Phase:
         self.deadline.enter(phase)
+        self._socket_timeout = self.deadline.socket_timeout()
         if self._imap is not None and self._imap.sock is not None:
-            self._imap.sock.settimeout(self.deadline.socket_timeout())
+            self._imap.sock.settimeout(self._socket_timeout)
         return phase
 
     def _read_uid_next(self) -> int:

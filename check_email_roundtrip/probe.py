@@ -6,6 +6,7 @@ ProbeError (and whose timings hold the phases that did complete), or whose
 ``timeout`` says the ``-t`` budget ran out and in which stage.
 """
 
+import email.policy
 import logging
 import socket
 import time
@@ -59,7 +60,9 @@ class ProbeOutcome:
     timeout: Optional[RunTimeout] = None
 
 
-def build_message(settings: Settings, marker: str) -> EmailMessage:
+def build_message(settings: Settings, marker: str) -> bytes:
+    """The probe message, with CRLF line ends as SMTP requires (bare LF is
+    refused by servers hardened against SMTP smuggling)."""
     message = EmailMessage()
     message["From"] = settings.envelope_from
     message["To"] = settings.recipient
@@ -76,7 +79,7 @@ def build_message(settings: Settings, marker: str) -> EmailMessage:
         f"Sent by: {socket.gethostname()}\n"
         "It can be deleted.\n"
     )
-    return message
+    return message.as_bytes(policy=email.policy.SMTP)
 
 
 def _trace(line: str) -> None:
@@ -102,7 +105,7 @@ def _submit(settings: Settings, deadline: Deadline, outcome: ProbeOutcome, messa
 def run_submit(settings: Settings, deadline: Deadline) -> ProbeOutcome:
     outcome = ProbeOutcome(marker=new_marker())
     try:
-        _submit(settings, deadline, outcome, build_message(settings, outcome.marker).as_bytes())
+        _submit(settings, deadline, outcome, build_message(settings, outcome.marker))
     except ProbeError as exc:
         outcome.error = exc
     except RunTimeout as exc:
@@ -124,7 +127,7 @@ def run_roundtrip(settings: Settings, deadline: Deadline) -> ProbeOutcome:
             log.info("IMAP %s as %s, folder %s", settings.imap, settings.imap.user, settings.imap_folder)
             since_uid = mailbox.open()
             log.info("IMAP %s UIDNEXT %d", settings.imap_folder, since_uid)
-            _submit(settings, deadline, outcome, message.as_bytes())
+            _submit(settings, deadline, outcome, message)
             submitted_at = outcome.submission.submit_started
             wait_ends = submitted_at + settings.wait
             intervals = poll_intervals()

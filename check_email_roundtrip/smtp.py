@@ -116,17 +116,22 @@ def submit_message(
     phase = Phase.SMTP_CONNECT
     started = time.monotonic()
 
+    # the timeout the socket currently has, for "no answer within N s"
+    socket_timeout = deadline.socket_timeout()
+
     def open_socket() -> socket.socket:
-        sock = connect_tcp(endpoint.host, endpoint.port, deadline.socket_timeout(), Phase.SMTP_CONNECT)
+        sock = connect_tcp(endpoint.host, endpoint.port, socket_timeout, Phase.SMTP_CONNECT)
         if endpoint.security is Security.TLS:
             deadline.enter(Phase.SMTP_TLS)
             sock = wrap_tls(sock, tls_context, endpoint.host, endpoint.port, Phase.SMTP_TLS)
         return sock
 
     def enter(next_phase: Phase) -> Phase:
+        nonlocal socket_timeout
         deadline.enter(next_phase)
+        socket_timeout = deadline.socket_timeout()
         if smtp.sock is not None:
-            smtp.sock.settimeout(deadline.socket_timeout())
+            smtp.sock.settimeout(socket_timeout)
         return next_phase
 
     smtp = _TracedSMTP(open_socket, trace, helo_name)
@@ -151,7 +156,7 @@ def submit_message(
             try:
                 smtp.sock = tls_context.wrap_socket(smtp.sock, server_hostname=endpoint.host)
             except (OSError, ssl.SSLError) as exc:
-                raise connection_error(phase, endpoint.host, endpoint.port, exc, deadline.socket_timeout()) from None
+                raise connection_error(phase, endpoint.host, endpoint.port, exc, socket_timeout) from None
             # RFC 3207: forget everything learnt before TLS and ask again.
             smtp.file = None
             smtp.helo_resp = smtp.ehlo_resp = None
@@ -216,13 +221,13 @@ def submit_message(
     except ProbeError:
         raise
     except smtplib.SMTPServerDisconnected as exc:
-        raise _disconnect_error(phase, endpoint, exc, deadline.socket_timeout()) from None
+        raise _disconnect_error(phase, endpoint, exc, socket_timeout) from None
     except smtplib.SMTPResponseException as exc:
         raise ProbeError(phase, "failed", exc.smtp_code, _reply_text(exc.smtp_error)) from None
     except smtplib.SMTPException as exc:
         raise ProbeError(phase, f"failed: {exc}") from None
     except OSError as exc:
-        raise connection_error(phase, endpoint.host, endpoint.port, exc, deadline.socket_timeout()) from None
+        raise connection_error(phase, endpoint.host, endpoint.port, exc, socket_timeout) from None
     finally:
         smtp.close()
 

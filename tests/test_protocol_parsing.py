@@ -38,3 +38,21 @@ def test_probe_error_is_one_line_with_phase_code_and_text():
     error = ProbeError(Phase.SMTP_RCPT, "rejected", 550, "5.1.1 <x@example.test>:\r\n Recipient address rejected")
     assert str(error) == "SMTP RCPT TO rejected: 550 5.1.1 <x@example.test>: Recipient address rejected"
     assert (error.phase, error.code) == (Phase.SMTP_RCPT, 550)
+
+
+def test_probe_message_carries_marker_and_uses_crlf(monkeypatch):
+    import email
+
+    from check_email_roundtrip.cli import parse_settings
+    from check_email_roundtrip.marker import new_marker
+    from check_email_roundtrip.probe import build_message
+
+    monkeypatch.setenv("CHECK_EMAIL_ROUNDTRIP_SMTP_PASSWORD", "pw")
+    settings = parse_settings(["-H", "mx", "--smtp-user", "probe@example.test", "--to", "inbox@example.test"])
+    marker = new_marker()
+    raw = build_message(settings, marker)
+    assert b"\n" not in raw.replace(b"\r\n", b"")  # no bare LF, no bare CR
+    message = email.message_from_bytes(raw)
+    assert marker in message["Subject"] and marker in message.get_payload()
+    assert (message["From"], message["To"]) == ("probe@example.test", "inbox@example.test")
+    assert message["Message-ID"].endswith("@example.test>")
