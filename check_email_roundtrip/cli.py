@@ -257,19 +257,29 @@ def parse_settings(argv: Optional[Sequence[str]] = None, environ=None) -> Settin
     )
 
 
-class _MaskSecrets(logging.Filter):
-    """Last line of defence: no password text reaches the output via logging."""
+class MaskedOutput:
+    """stdout, with every secret replaced: the one place all output passes.
 
-    def __init__(self, secrets: Sequence[str]):
-        super().__init__()
-        self.secrets = [secret for secret in secrets if secret]
+    The protocol trace already hides AUTH and LOGIN, but a server may echo
+    what it was sent in an error; whatever path a secret takes (status line,
+    long output, log lines, a traceback at -vvv), it is masked here.
+    """
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+    def __init__(self, stream, secrets: Sequence[str]):
+        self.stream = stream
+        # longest first, so a secret containing another is masked whole
+        self.secrets = sorted((secret for secret in secrets if secret), key=len, reverse=True)
+
+    def mask(self, text: str) -> str:
         for secret in self.secrets:
-            message = message.replace(secret, "********")
-        record.msg, record.args = message, None
-        return True
+            text = text.replace(secret, "********")
+        return text
+
+    def write(self, text: str) -> int:
+        return self.stream.write(self.mask(text))
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 def _configure_output(settings: Settings) -> None:
@@ -278,7 +288,7 @@ def _configure_output(settings: Settings) -> None:
     runtime.verbose = settings.verbose
     level = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}.get(settings.verbose, TRACE)
     runtime.logchan.setLevel(level)
-    runtime.logchan.addFilter(_MaskSecrets(settings.secrets()))
+    runtime.stdout = sys.stdout = MaskedOutput(sys.stdout, settings.secrets())
     log.setLevel(level)
     log.propagate = False
     log.addHandler(runtime.logchan)

@@ -86,8 +86,7 @@ def _trace(line: str) -> None:
     log.log(TRACE, "%s", line)
 
 
-def _submit(settings: Settings, deadline: Deadline, outcome: ProbeOutcome, message: bytes) -> None:
-    tls_context = make_ssl_context(settings.ca_file, settings.insecure)
+def _submit(settings: Settings, deadline: Deadline, outcome: ProbeOutcome, message: bytes, tls_context) -> None:
     log.info("SMTP %s as %s, from %s to %s", settings.smtp, settings.smtp.user or "(no AUTH)",
              settings.envelope_from, settings.recipient)
     outcome.receipt = submit_message(
@@ -105,12 +104,37 @@ def _submit(settings: Settings, deadline: Deadline, outcome: ProbeOutcome, messa
 def run_submit(settings: Settings, deadline: Deadline) -> ProbeOutcome:
     outcome = ProbeOutcome(marker=new_marker())
     try:
-        _submit(settings, deadline, outcome, build_message(settings, outcome.marker))
+        _submit(settings, deadline, outcome, build_message(settings, outcome.marker),
+                make_ssl_context(settings.ca_file, settings.insecure))
     except ProbeError as exc:
         outcome.error = exc
     except RunTimeout as exc:
         outcome.timeout = exc
     return outcome
+
+
+def wait_for_arrival(mailbox: Mailbox, outcome: ProbeOutcome, since_uid: int, wait: float, deadline: Deadline) -> None:
+    """Search until the marker is seen or ``wait`` seconds after MAIL FROM.
+
+    Sets ``found_uid`` and ``roundtrip`` (taken when the search answered, not
+    after a sleep) or ``not_delivered_within``.
+    """
+    submitted_at = outcome.submission.submit_started
+    wait_ends = submitted_at + wait
+    intervals = poll_intervals()
+    while True:
+        uid = mailbox.find_marker(outcome.marker, since_uid)
+        seen_at = time.monotonic()
+        if uid is not None:
+            outcome.found_uid = uid
+            outcome.roundtrip = seen_at - submitted_at
+            return
+        if seen_at >= wait_ends:
+            outcome.not_delivered_within = wait
+            return
+        deadline.enter(Phase.DELIVERY)
+        time.sleep(min(next(intervals), wait_ends - seen_at, max(deadline.remaining(), 0)))
+        deadline.check()
 
 
 def run_roundtrip(settings: Settings, deadline: Deadline) -> ProbeOutcome:
@@ -127,24 +151,8 @@ def run_roundtrip(settings: Settings, deadline: Deadline) -> ProbeOutcome:
             log.info("IMAP %s as %s, folder %s", settings.imap, settings.imap.user, settings.imap_folder)
             since_uid = mailbox.open()
             log.info("IMAP %s UIDNEXT %d", settings.imap_folder, since_uid)
-            _submit(settings, deadline, outcome, message)
-            submitted_at = outcome.submission.submit_started
-            wait_ends = submitted_at + settings.wait
-            intervals = poll_intervals()
-            while True:
-                uid = mailbox.find_marker(outcome.marker, since_uid)
-                seen_at = time.monotonic()
-                if uid is not None:
-                    outcome.found_uid = uid
-                    outcome.roundtrip = seen_at - submitted_at
-                    break
-                if seen_at >= wait_ends:
-                    outcome.not_delivered_within = settings.wait
-                    break
-                deadline.enter(Phase.DELIVERY)
-                pause = min(next(intervals), wait_ends - seen_at, max(deadline.remaining(), 0))
-                time.sleep(pause)
-                deadline.check()
+            _submit(settings, deadline, outcome, message, tls_context)
+            wait_for_arrival(mailbox, outcome, since_uid, settings.wait, deadline)
             log.info("IMAP searches: %d", outcome.retrieval.searches)
             if outcome.found_uid is not None:
                 outcome.header = mailbox.fetch_header(outcome.found_uid)

@@ -4,6 +4,7 @@ Nothing below the CLI looks at ``argparse`` or the environment: the probe and
 the nagiosplugin layer get a :class:`Settings` (or the part of it they need).
 """
 
+import base64
 import enum
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
@@ -81,9 +82,18 @@ class Settings:
     verbose: int
 
     def secrets(self) -> Tuple[str, ...]:
-        """Every secret value, for the output filter that masks them."""
+        """Every secret text, as typed and as it travels in SMTP AUTH (base64
+        of the password for LOGIN, of NUL user NUL password for PLAIN), for
+        the output filter that masks them."""
         values = []
         for endpoint in (self.smtp, self.imap):
             if endpoint is not None and endpoint.password is not None:
-                values.append(endpoint.password.reveal())
+                password = endpoint.password.reveal()
+                values.append(password)
+                values.append(_b64(password))
+                values.append(_b64(f"\0{endpoint.user}\0{password}"))
         return tuple(value for value in values if value)
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")

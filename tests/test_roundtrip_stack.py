@@ -325,6 +325,37 @@ def test_no_password_in_output_even_at_vvv(stack):
     assert "<AUTH exchange hidden>" in run.stdout and "<LOGIN command hidden>" in run.stdout
 
 
+def test_server_echoing_credentials_in_its_error_is_masked(tmp_path):
+    # A server that quotes the AUTH line back in its 535 reply.
+    password = "Echo-Me-If-You-Dare-7"
+    (tmp_path / "pw").write_text(password + "\n")
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def serve():
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(b"220 echo ESMTP\r\n")
+            for line in conn.makefile("rb"):
+                if line.upper().startswith(b"EHLO"):
+                    conn.sendall(b"250-echo\r\n250 AUTH PLAIN\r\n")
+                elif line.upper().startswith(b"AUTH"):
+                    conn.sendall(b"535 5.7.8 rejected: " + line.strip() + b" / " + password.encode() + b"\r\n")
+                else:
+                    conn.sendall(b"221 bye\r\n")
+                    break
+
+    threading.Thread(target=serve, daemon=True).start()
+    run = run_plugin("--smtp-host", "127.0.0.1", "--smtp-port", str(server.getsockname()[1]),
+                     "--smtp-security", "none", "--mode", "submit", "--smtp-user", "probe@example.test",
+                     "--smtp-password-file", str(tmp_path / "pw"), "-vvv")
+    server.close()
+    assert_state(run, 2, "CRITICAL", "SMTP AUTH rejected: 535 5.7.8 rejected: AUTH PLAIN ******** / ********")
+    plain = base64.b64encode(f"\0probe@example.test\0{password}".encode()).decode()
+    assert password not in run.stdout and plain not in run.stdout
+
+
 def test_password_from_environment(stack):
     password = open(stack.password_file("probe")).read().strip()
     args = [a for a in starttls_args(stack) if a not in ("--smtp-password-file", stack.password_file("probe"))]
