@@ -212,9 +212,9 @@ def test_untrusted_certificate_is_critical_on_either_server(stack):
     assert "certificate not accepted: unable to get local issuer certificate" in run.first_line
 
 
-def test_starttls_not_offered_is_critical_and_sends_no_auth(stack):
-    # The inbound MX port offers no STARTTLS to the probe in this stack? Use a
-    # listener of our own that offers only AUTH, and record what it receives.
+def _scripted_smtp_peer(respond):
+    """A loopback SMTP peer for what no real server here will do: it greets,
+    answers each line with respond(line) (None hangs up) and records them."""
     received = []
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -223,20 +223,26 @@ def test_starttls_not_offered_is_critical_and_sends_no_auth(stack):
     def serve():
         conn, _ = server.accept()
         with conn:
-            conn.sendall(b"220 fake ESMTP\r\n")
-            reader = conn.makefile("rb")
-            for line in reader:
+            conn.sendall(b"220 scripted ESMTP\r\n")
+            for line in conn.makefile("rb"):
                 received.append(line)
-                if line.upper().startswith(b"EHLO"):
-                    conn.sendall(b"250-fake\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n")
-                elif line.upper().startswith(b"QUIT"):
-                    conn.sendall(b"221 bye\r\n")
+                reply = respond(line)
+                if reply is None:
                     break
-                else:
-                    conn.sendall(b"250 ok\r\n")
+                conn.sendall(reply)
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
+    threading.Thread(target=serve, daemon=True).start()
+    return server, received
+
+
+def test_starttls_not_offered_is_critical_and_sends_no_auth(stack):
+    # Postfix here always offers STARTTLS; this peer offers AUTH but no STARTTLS.
+    def respond(line):
+        if line.upper().startswith(b"EHLO"):
+            return b"250-fake\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n"
+        return None if line.upper().startswith(b"QUIT") else b"250 ok\r\n"
+
+    server, received = _scripted_smtp_peer(respond)
     port = server.getsockname()[1]
     run = run_plugin(*starttls_args(stack, "probe", "--smtp-host", "127.0.0.1", "--smtp-port", str(port), "--mode", "submit"))
     server.close()
@@ -329,24 +335,15 @@ def test_server_echoing_credentials_in_its_error_is_masked(tmp_path):
     # A server that quotes the AUTH line back in its 535 reply.
     password = "Echo-Me-If-You-Dare-7"
     (tmp_path / "pw").write_text(password + "\n")
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
 
-    def serve():
-        conn, _ = server.accept()
-        with conn:
-            conn.sendall(b"220 echo ESMTP\r\n")
-            for line in conn.makefile("rb"):
-                if line.upper().startswith(b"EHLO"):
-                    conn.sendall(b"250-echo\r\n250 AUTH PLAIN\r\n")
-                elif line.upper().startswith(b"AUTH"):
-                    conn.sendall(b"535 5.7.8 rejected: " + line.strip() + b" / " + password.encode() + b"\r\n")
-                else:
-                    conn.sendall(b"221 bye\r\n")
-                    break
+    def respond(line):
+        if line.upper().startswith(b"EHLO"):
+            return b"250-echo\r\n250 AUTH PLAIN\r\n"
+        if line.upper().startswith(b"AUTH"):
+            return b"535 5.7.8 rejected: " + line.strip() + b" / " + password.encode() + b"\r\n"
+        return None
 
-    threading.Thread(target=serve, daemon=True).start()
+    server, _ = _scripted_smtp_peer(respond)
     run = run_plugin("--smtp-host", "127.0.0.1", "--smtp-port", str(server.getsockname()[1]),
                      "--smtp-security", "none", "--mode", "submit", "--smtp-user", "probe@example.test",
                      "--smtp-password-file", str(tmp_path / "pw"), "-vvv")
