@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import socket
+import ssl
 import sys
 import traceback
 from typing import List, Optional, Sequence
@@ -17,6 +18,7 @@ import nagiosplugin
 
 from . import __version__
 from .check import CHECK_NAME, DEFAULT_PHASE_WARNING, PHASE_LABELS, build_check
+from .net import make_ssl_context
 from .probe import TRACE, log, run_roundtrip, run_submit
 from .settings import Endpoint, Mode, Secret, Security, Settings
 
@@ -190,6 +192,15 @@ def _endpoint(host, port, security, default_ports, implicit_default, user, passw
     return Endpoint(host=host, port=port, security=security, user=user, password=password)
 
 
+def _tls_context(ca_file: Optional[str], insecure: bool) -> ssl.SSLContext:
+    try:
+        return make_ssl_context(ca_file, insecure)
+    except ssl.SSLError as exc:  # before OSError: it is one
+        raise UsageError(f"cannot use --ca-file {ca_file}: no usable certificate in it ({exc.reason})") from None
+    except OSError as exc:
+        raise UsageError(f"cannot use --ca-file {ca_file}: {exc.strerror}") from None
+
+
 def _critical_end(critical: nagiosplugin.Range, warning: nagiosplugin.Range) -> float:
     for candidate in (critical, warning):
         if not candidate.invert and candidate.end != float("inf"):
@@ -246,7 +257,7 @@ def parse_settings(argv: Optional[Sequence[str]] = None, environ=None) -> Settin
         recipient=recipient,
         imap_folder=args.imap_folder,
         helo_name=args.helo_name or socket.gethostname(),
-        ca_file=args.ca_file,
+        tls_context=_tls_context(args.ca_file, args.insecure),
         insecure=args.insecure,
         warning=args.warning,
         critical=args.critical,

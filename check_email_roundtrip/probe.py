@@ -21,7 +21,6 @@ from .deadline import Deadline
 from .errors import Phase, ProbeError, RunTimeout
 from .imap import Mailbox, RetrievalTimings
 from .marker import new_marker
-from .net import make_ssl_context
 from .settings import Settings
 from .smtp import SubmissionReceipt, SubmissionTimings, submit_message
 
@@ -86,11 +85,11 @@ def _trace(line: str) -> None:
     log.log(TRACE, "%s", line)
 
 
-def _submit(settings: Settings, deadline: Deadline, outcome: ProbeOutcome, message: bytes, tls_context) -> None:
+def _submit(settings: Settings, deadline: Deadline, outcome: ProbeOutcome, message: bytes) -> None:
     log.info("SMTP %s as %s, from %s to %s", settings.smtp, settings.smtp.user or "(no AUTH)",
              settings.envelope_from, settings.recipient)
     outcome.receipt = submit_message(
-        settings.smtp, tls_context, settings.helo_name, settings.envelope_from, [settings.recipient],
+        settings.smtp, settings.tls_context, settings.helo_name, settings.envelope_from, [settings.recipient],
         message, deadline, outcome.submission, trace=_trace if settings.verbose >= 3 else None,
     )
     log.info("SMTP accepted: %s", outcome.receipt.final_reply)
@@ -104,8 +103,7 @@ def _submit(settings: Settings, deadline: Deadline, outcome: ProbeOutcome, messa
 def run_submit(settings: Settings, deadline: Deadline) -> ProbeOutcome:
     outcome = ProbeOutcome(marker=new_marker())
     try:
-        _submit(settings, deadline, outcome, build_message(settings, outcome.marker),
-                make_ssl_context(settings.ca_file, settings.insecure))
+        _submit(settings, deadline, outcome, build_message(settings, outcome.marker))
     except ProbeError as exc:
         outcome.error = exc
     except RunTimeout as exc:
@@ -142,16 +140,15 @@ def run_roundtrip(settings: Settings, deadline: Deadline) -> ProbeOutcome:
     outcome = ProbeOutcome(marker=new_marker(), retrieval=RetrievalTimings())
     message = build_message(settings, outcome.marker)
     log.info("marker %s", outcome.marker)
-    tls_context = make_ssl_context(settings.ca_file, settings.insecure)
     try:
         # Log in and note UIDNEXT *before* submitting: everything at or above
         # it arrived after the probe started, so the search can stop there.
-        with Mailbox(settings.imap, tls_context, settings.imap_folder, deadline, outcome.retrieval,
+        with Mailbox(settings.imap, settings.tls_context, settings.imap_folder, deadline, outcome.retrieval,
                      trace=_trace if settings.verbose >= 3 else None) as mailbox:
             log.info("IMAP %s as %s, folder %s", settings.imap, settings.imap.user, settings.imap_folder)
             since_uid = mailbox.open()
             log.info("IMAP %s UIDNEXT %d", settings.imap_folder, since_uid)
-            _submit(settings, deadline, outcome, message, tls_context)
+            _submit(settings, deadline, outcome, message)
             wait_for_arrival(mailbox, outcome, since_uid, settings.wait, deadline)
             log.info("IMAP searches: %d", outcome.retrieval.searches)
             if outcome.found_uid is not None:

@@ -6,6 +6,7 @@ the nagiosplugin layer get a :class:`Settings` (or the part of it they need).
 
 import base64
 import enum
+import ssl
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
@@ -70,7 +71,9 @@ class Settings:
     recipient: str
     imap_folder: str
     helo_name: str
-    ca_file: Optional[str]
+    # built once by the CLI from --ca-file and --insecure (a bad CA file is a
+    # usage error, found before any connection is made)
+    tls_context: ssl.SSLContext = field(repr=False)
     insecure: bool
     # -w/-c: on the round trip (roundtrip mode) or the whole SMTP session (submit mode)
     warning: nagiosplugin.Range

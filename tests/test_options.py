@@ -107,6 +107,8 @@ def test_imap_password_from_its_own_variable(monkeypatch):
         (BASE + ["--smtp-security", "ssl"], "invalid choice"),
         (BASE + ["--smtp-password-file", "/nonexistent/pw"], "cannot read SMTP password file"),
         (BASE + ["positional"], "unrecognized arguments"),
+        (BASE + ["--ca-file", "/nonexistent/ca.pem"], "cannot use --ca-file /nonexistent/ca.pem: No such file"),
+        (BASE + ["--ca-file", __file__], "cannot use --ca-file .*: no usable certificate in it"),
     ],
 )
 def test_bad_options_are_usage_errors(args, message):
