@@ -13,7 +13,7 @@ it measures; the states come from these contexts:
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import nagiosplugin
-from nagiosplugin.state import Critical, Ok, Unknown
+from nagiosplugin.state import Critical, Ok, Unknown, Warn
 
 from .deadline import Deadline
 from .probe import ProbeOutcome
@@ -31,7 +31,14 @@ PERFDATA: Dict[str, str] = {
     "smtp_submit": "SMTP MAIL FROM until the final reply to the message data",
     "smtp_total": "the whole SMTP session, connect to QUIT",
     "imap_retrieval": "one look into the mailbox: IMAP connect, TLS, LOGIN, EXAMINE, the search that found the message, header fetch",
+    # the receiver's verdicts: 1 pass, 0 anything else (not evaluated included)
+    "auth_spf": "the receiver's SPF verdict: 1 pass, 0 not pass",
+    "auth_dkim": "the receiver's DKIM verdict: 1 pass, 0 not pass",
+    "auth_dmarc": "the receiver's DMARC verdict: 1 pass, 0 not pass",
+    "auth_arc": "the receiver's ARC verdict, when it evaluated ARC: 1 pass, 0 not pass",
+    "dns_findings": "number of DNS findings (--dns-checks)",
 }
+SECONDS_LABELS = ("roundtrip", "smtp_connect", "smtp_starttls", "smtp_auth", "smtp_submit", "smtp_total", "imap_retrieval")
 
 # Budgets well-run pipelines meet; exceeding one is WARNING by default.
 DEFAULT_PHASE_WARNING: Dict[str, str] = {
@@ -41,7 +48,9 @@ DEFAULT_PHASE_WARNING: Dict[str, str] = {
     "smtp_submit": "3",
     "imap_retrieval": "3",
 }
-PHASE_LABELS = tuple(label for label in PERFDATA if label not in ("roundtrip", "smtp_total"))
+PHASE_LABELS = tuple(label for label in SECONDS_LABELS if label not in ("roundtrip", "smtp_total"))
+# nagiosplugin state for each policy word; "ignore" reports without effect
+_STATE = {"ok": Ok, "warning": Warn, "critical": Critical, "ignore": Ok}
 
 
 def _seconds(value: float) -> float:
@@ -71,7 +80,25 @@ class ProbeResource(nagiosplugin.Resource):
             yield nagiosplugin.Metric("timeout", outcome.timeout, context="timeout")
         if outcome.not_delivered_within is not None:
             yield nagiosplugin.Metric("delivery", outcome.not_delivered_within, context="delivery")
+        if outcome.auth is not None:
+            yield from verdict_metrics(outcome.auth)
+        if outcome.dns is not None:
+            for number, finding in enumerate(outcome.dns.findings, 1):
+                yield nagiosplugin.Metric(f"dns_finding_{number}", finding, context="dns_finding")
+            yield nagiosplugin.Metric("dns_findings", len(outcome.dns.findings), min=0, context="dns_findings")
 
+
+def verdict_metrics(auth) -> Iterator[nagiosplugin.Metric]:
+    from .verdicts import NOT_EVALUATED
+
+    if not auth.header_found:
+        yield nagiosplugin.Metric("auth_header", "missing", context="auth_header")
+    elif auth.malformed:
+        yield nagiosplugin.Metric("auth_header", "malformed", context="auth_header")
+    for method, verdict in auth.verdicts.items():
+        if method == "arc" and verdict.result == NOT_EVALUATED:
+            continue  # most direct mail carries no ARC: no line, no metric
+        yield nagiosplugin.Metric(f"auth_{method}", 1 if verdict.passed else 0, min=0, max=1, context="verdict")
 
 def timing_metrics(outcome: ProbeOutcome, mode: Mode) -> Iterator[nagiosplugin.Metric]:
     submission = outcome.submission
@@ -108,6 +135,47 @@ class DeliveryContext(nagiosplugin.Context):
         return nagiosplugin.Result(Critical, f"not delivered within {metric.value:g} s{where}", metric)
 
 
+class VerdictContext(nagiosplugin.Context):
+    """One method's verdict: its state comes from the policy, its text is the verdict line."""
+
+    def __init__(self, policy):
+        super().__init__("verdict")
+        self.policy = policy
+
+    def evaluate(self, metric, resource):
+        verdict = resource.outcome.auth.verdicts[metric.name[len("auth_"):]]
+        state = self.policy.state_for(verdict.method, verdict.result)
+        return nagiosplugin.Result(_STATE[state], verdict.line(), metric)
+
+    def performance(self, metric, resource):
+        return nagiosplugin.Performance(metric.name, metric.value, "", "", "", 0, 1)
+
+
+class AuthHeaderContext(nagiosplugin.Context):
+    """No Authentication-Results header from the receiver, or one that does not parse."""
+
+    def __init__(self, policy):
+        super().__init__("auth_header")
+        self.policy = policy
+
+    def evaluate(self, metric, resource):
+        auth = resource.outcome.auth
+        if metric.value == "missing":
+            text = "no Authentication-Results header from the receiver"
+        else:
+            text = f"the receiver's Authentication-Results header does not parse: {auth.malformed}"
+        return nagiosplugin.Result(_STATE[self.policy.state_for("header", metric.value)], text, metric)
+
+
+class DnsFindingContext(nagiosplugin.Context):
+    def __init__(self, state: str):
+        super().__init__("dns_finding")
+        self.state = _STATE[state]
+
+    def evaluate(self, metric, resource):
+        return nagiosplugin.Result(self.state, str(metric.value), metric)
+
+
 def _fmt_seconds(metric, context) -> str:
     return f"{metric.name} {metric.value:.3f} s"
 
@@ -131,8 +199,19 @@ class ProbeSummary(nagiosplugin.Summary):
         return f"{results.first_significant}{self._suffix()}"
 
     def verbose(self, results) -> List[str]:
-        lines = [str(result) for result in results if result.state != Ok]
-        return lines if len(lines) > 1 else []  # a single problem is the first line already
+        """Below the status line: every verdict, every DNS finding, and the
+        other problems when there is more than one."""
+        outcome: Optional[ProbeOutcome] = results[0].resource.outcome if len(results) else None
+        lines = []
+        if outcome is not None and outcome.auth is not None:
+            lines += [str(results[f"auth_{method}"]) for method in outcome.auth.verdicts if f"auth_{method}" in results]
+        if outcome is not None and outcome.dns is not None:
+            lines += [f"DNS: {finding}" for finding in outcome.dns.findings]
+        problems = [result for result in results if result.state != Ok]
+        if len(problems) > 1:
+            lines += [str(result) for result in problems
+                      if result.metric is None or result.metric.context not in ("verdict", "dns_finding")]
+        return lines
 
 
 class ProbeCheck(nagiosplugin.Check):
@@ -160,7 +239,13 @@ def build_check(settings: Settings, run: Callable[[Settings, Deadline], ProbeOut
         TimeoutContext("timeout"),
         DeliveryContext("delivery"),
     ]
-    for label in PERFDATA:
+    contexts += [
+        VerdictContext(settings.auth_policy),
+        AuthHeaderContext(settings.auth_policy),
+        DnsFindingContext(settings.dns_finding_state),
+        nagiosplugin.ScalarContext("dns_findings"),
+    ]
+    for label in SECONDS_LABELS:
         if label == headline:
             warning, critical = settings.warning, settings.critical
         else:

@@ -19,6 +19,7 @@ import nagiosplugin
 from . import __version__
 from .check import CHECK_NAME, DEFAULT_PHASE_WARNING, PHASE_LABELS, build_check
 from .net import make_ssl_context
+from .policy import AuthPolicy, parse_policy_rule
 from .probe import TRACE, log, run_roundtrip, run_submit
 from .settings import Endpoint, Mode, Secret, Security, Settings
 
@@ -76,6 +77,31 @@ def _choice(enum_type):
 
     convert.__name__ = enum_type.__name__.lower()
     return convert
+
+
+def _choice_of(values):
+    def convert(text: str) -> str:
+        if text not in values:
+            raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(values)})")
+        return text
+
+    return convert
+
+
+def _policy_rule(text: str):
+    try:
+        return parse_policy_rule(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}: {text!r}") from None
+
+
+def _nameserver(text: str):
+    from .dnscheck import parse_nameserver
+
+    try:
+        return parse_nameserver(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected IP[:PORT] or [IPv6]:PORT: {text!r}") from None
 
 
 def _port(text: str) -> int:
@@ -157,6 +183,21 @@ def build_parser() -> argparse.ArgumentParser:
     add("-t", "--timeout", type=_positive_seconds, metavar="SECONDS",
         help=f"seconds for the whole run (default: --wait + {TIMEOUT_PAST_WAIT:g}); when reached the "
         "plugin exits UNKNOWN naming the stage")
+
+    verdicts = parser.add_argument_group("receiver's verdicts and DNS checks (roundtrip mode)")
+    add = verdicts.add_argument
+    add("--authserv-id", metavar="ID",
+        help="trust only Authentication-Results headers with this authserv-id (default: the topmost header)")
+    add("--auth-policy", type=_policy_rule, action="append", default=[], metavar="METHOD[:RESULT]=STATE",
+        help="state for a non-pass verdict, repeatable; METHOD spf, dkim, dmarc, arc or header; STATE ok, "
+        "warning, critical or ignore (defaults: dmarc:fail=critical, any other non-pass of spf, dkim, dmarc "
+        "and a missing header: warning; arc:fail=warning, other arc: ignore)")
+    add("--dns-checks", action="store_true",
+        help="check the DKIM key, SPF record and DMARC record behind the verdicts in DNS")
+    add("--nameserver", type=_nameserver, metavar="IP[:PORT]",
+        help="resolver for --dns-checks (default: the system's)")
+    add("--dns-finding-state", type=_choice_of(("ok", "warning", "critical")), default="warning",
+        metavar="{ok,warning,critical}", help="state of each DNS finding (default: warning)")
 
     general = parser.add_argument_group("output")
     general.add_argument("-v", "--verbose", action="count", default=0,
@@ -247,6 +288,11 @@ def parse_settings(argv: Optional[Sequence[str]] = None, environ=None) -> Settin
     for label, spec in args.phase_critical:
         phase_thresholds.setdefault(label, [_range(""), _range("")])[1] = spec
 
+    if args.mode is not Mode.ROUNDTRIP and (args.dns_checks or args.authserv_id or args.auth_policy):
+        raise UsageError("--dns-checks, --authserv-id and --auth-policy need --mode roundtrip")
+    if args.nameserver and not args.dns_checks:
+        raise UsageError("--nameserver is used by --dns-checks only")
+
     wait = args.wait if args.wait is not None else _critical_end(args.critical, args.warning) + WAIT_PAST_CRITICAL
     timeout = args.timeout if args.timeout is not None else wait + TIMEOUT_PAST_WAIT
     return Settings(
@@ -265,6 +311,11 @@ def parse_settings(argv: Optional[Sequence[str]] = None, environ=None) -> Settin
         wait=wait,
         timeout=timeout,
         verbose=min(args.verbose, 3),
+        authserv_id=args.authserv_id,
+        auth_policy=AuthPolicy(args.auth_policy),
+        dns_checks=args.dns_checks,
+        nameserver=args.nameserver,
+        dns_finding_state=args.dns_finding_state,
     )
 
 

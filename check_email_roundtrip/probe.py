@@ -55,6 +55,8 @@ class ProbeOutcome:
     found_uid: Optional[int] = None
     header: Optional[bytes] = None  # the found message's header block
     not_delivered_within: Optional[float] = None  # set when --wait ran out
+    auth: Optional["AuthVerdicts"] = None  # the receiver's verdicts, once found
+    dns: Optional["DnsReport"] = None  # with --dns-checks
     error: Optional[ProbeError] = None
     timeout: Optional[RunTimeout] = None
 
@@ -135,6 +137,24 @@ def wait_for_arrival(mailbox: Mailbox, outcome: ProbeOutcome, since_uid: int, wa
         deadline.check()
 
 
+def _read_receiver_side(settings: Settings, deadline: Deadline, outcome: ProbeOutcome) -> None:
+    """The verdicts in the found message's header, and the DNS behind them."""
+    from .verdicts import read_verdicts
+
+    outcome.auth = read_verdicts(outcome.header, settings.authserv_id)
+    for text in outcome.auth.ignored:
+        log.info("ignored Authentication-Results %s", text)
+    if settings.dns_checks:
+        from .dnscheck import check_dns
+
+        outcome.dns = check_dns(outcome.header, settings.envelope_from, outcome.auth.sender_ip,
+                                settings.nameserver, deadline)
+        for note in outcome.dns.notes:
+            log.info("%s", note)
+        if outcome.dns.dmarc_policy:
+            outcome.auth.with_dmarc_policy(outcome.dns.dmarc_policy)
+
+
 def run_roundtrip(settings: Settings, deadline: Deadline) -> ProbeOutcome:
     """Submit a marked message and wait in IMAP until it appears."""
     outcome = ProbeOutcome(marker=new_marker(), retrieval=RetrievalTimings())
@@ -154,6 +174,8 @@ def run_roundtrip(settings: Settings, deadline: Deadline) -> ProbeOutcome:
             if outcome.found_uid is not None:
                 outcome.header = mailbox.fetch_header(outcome.found_uid)
                 log.info("found UID %d after %.3f s", outcome.found_uid, outcome.roundtrip)
+        if outcome.header is not None:
+            _read_receiver_side(settings, deadline, outcome)
     except ProbeError as exc:
         outcome.error = exc
     except RunTimeout as exc:

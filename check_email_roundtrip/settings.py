@@ -12,6 +12,8 @@ from typing import Dict, Optional, Tuple
 
 import nagiosplugin
 
+from .policy import AuthPolicy
+
 
 class Security(enum.Enum):
     TLS = "tls"  # implicit TLS from the first byte (465, 993)
@@ -83,6 +85,13 @@ class Settings:
     wait: float
     timeout: float
     verbose: int
+    # receiver's verdicts (roundtrip mode): whose header to trust, what each means
+    authserv_id: Optional[str] = None
+    auth_policy: "AuthPolicy" = field(default_factory=lambda: AuthPolicy())
+    # DNS drift checks (--dns-checks)
+    dns_checks: bool = False
+    nameserver: Optional[Tuple[str, int]] = None  # None: the system resolver
+    dns_finding_state: str = "warning"
 
     def secrets(self) -> Tuple[str, ...]:
         """Every secret text, as typed and as it travels in SMTP AUTH (base64

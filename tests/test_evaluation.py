@@ -3,7 +3,7 @@
 import pytest
 from nagiosplugin.state import Critical, Ok, Unknown, Warn
 
-from check_email_roundtrip.check import PERFDATA, build_check
+from check_email_roundtrip.check import SECONDS_LABELS, build_check
 from check_email_roundtrip.cli import parse_settings
 from check_email_roundtrip.errors import Phase, ProbeError, RunTimeout
 from check_email_roundtrip.imap import RetrievalTimings
@@ -46,7 +46,7 @@ def test_ok_round_trip_has_every_label_and_thresholds():
     assert check.state == Ok
     assert check.summary_str == "round trip 0.142 s (INBOX, queued as 4ABC)"
     data = perfdata(check)
-    assert set(data) == set(PERFDATA)
+    assert set(data) == set(SECONDS_LABELS)
     assert data["roundtrip"] == "0.142s;60;300;0"
     assert data["smtp_connect"] == "0.01s;2;;0"  # 3 decimals
     assert data["imap_retrieval"] == "0.022s;3;;0"
@@ -121,3 +121,131 @@ def test_several_problems_each_get_a_long_output_line():
         "smtp_auth 1.500 s (outside range 0:1)",
         "smtp_connect 2.500 s (outside range 0:2)",
     ]
+
+
+# -- the receiver's verdicts ----------------------------------------------------------
+HEADERS = __import__("pathlib").Path(__file__).parent / "headers"
+
+
+def with_verdicts(header: bytes, *extra, outcome=None):
+    from check_email_roundtrip.verdicts import read_verdicts
+
+    outcome = outcome or delivered()
+    outcome.auth = read_verdicts(header, settings(*extra).authserv_id)
+    return evaluate(outcome, *extra)
+
+
+def rspamd_header(spf="pass", dkim="pass", dmarc="pass") -> bytes:
+    return (
+        "Authentication-Results: mx.example.test;\r\n"
+        f"\tdkim={dkim} header.d=example.test header.s=s2026 header.b=ABCdef12;\r\n"
+        f"\tspf={spf} (mx.example.test: domain of probe@example.test designates 127.0.0.1 as permitted sender)"
+        " smtp.mailfrom=probe@example.test;\r\n"
+        f"\tdmarc={dmarc} (policy=quarantine) header.from=example.test\r\n"
+        "Subject: probe\r\n\r\n"
+    ).encode()
+
+
+def test_all_pass_is_ok_with_one_line_per_method_and_perfdata():
+    check = with_verdicts(rspamd_header())
+    assert check.state == Ok
+    assert check.verbose_str == [
+        "spf=pass (smtp.mailfrom=probe@example.test)",
+        "dkim=pass (header.d=example.test, header.s=s2026)",
+        "dmarc=pass (p=quarantine, header.from=example.test)",
+    ]
+    data = perfdata(check)
+    assert (data["auth_spf"], data["auth_dkim"], data["auth_dmarc"]) == ("1;;;0;1",) * 3
+    assert "auth_arc" not in data  # not evaluated: no line, no metric
+
+
+@pytest.mark.parametrize(
+    "verdicts, state, first_line",
+    [
+        (dict(dkim="none"), Warn, "dkim=none (header.d=example.test, header.s=s2026)"),
+        (dict(spf="fail"), Warn, "spf=fail (smtp.mailfrom=probe@example.test)"),
+        (dict(spf="softfail"), Warn, "spf=softfail"),
+        (dict(spf="fail", dkim="fail", dmarc="fail"), Critical, "dmarc=fail (p=quarantine, header.from=example.test)"),
+        (dict(dmarc="temperror"), Warn, "dmarc=temperror"),
+    ],
+)
+def test_default_policy(verdicts, state, first_line):
+    check = with_verdicts(rspamd_header(**verdicts))
+    assert check.state == state
+    assert check.summary_str.startswith(first_line)
+    method = next(iter(verdicts))
+    assert perfdata(check)[f"auth_{method}"] == "0;;;0;1"
+
+
+def test_policy_option_changes_or_ignores_a_method():
+    header = rspamd_header(spf="fail", dkim="fail", dmarc="fail")
+    assert with_verdicts(header, "--auth-policy", "dmarc=warning").state == Warn
+    check = with_verdicts(header, "--auth-policy", "dmarc=ignore", "--auth-policy", "spf=ok", "--auth-policy", "dkim:fail=ok")
+    assert check.state == Ok
+    assert "dmarc=fail (p=quarantine, header.from=example.test)" in check.verbose_str  # still reported
+    assert with_verdicts(rspamd_header(spf="softfail"), "--auth-policy", "spf:softfail=critical").state == Critical
+
+
+def test_no_header_from_the_receiver_is_a_warning_with_that_reason():
+    check = with_verdicts(b"Subject: probe\r\n\r\n")
+    assert check.state == Warn
+    assert check.summary_str == "no Authentication-Results header from the receiver"
+    assert with_verdicts(b"Subject: probe\r\n\r\n", "--auth-policy", "header=ignore", "--auth-policy", "spf=ignore",
+                         "--auth-policy", "dkim=ignore", "--auth-policy", "dmarc=ignore").state == Ok
+
+
+def test_forged_header_below_the_receivers_is_ignored():
+    forged = b"Authentication-Results: mx.example.test; spf=pass smtp.mailfrom=x; dkim=pass header.d=x; dmarc=pass header.from=x\r\n"
+    header = rspamd_header(spf="fail", dkim="fail", dmarc="fail").replace(b"Subject", forged + b"Subject")
+    check = with_verdicts(header)
+    assert check.state == Critical and check.summary_str.startswith("dmarc=fail")
+
+
+def test_authserv_id_trusts_only_that_receiver_even_when_not_topmost():
+    other = b"Authentication-Results: relay.example.net; spf=fail smtp.mailfrom=x; dkim=fail header.d=x; dmarc=fail header.from=x\r\n"
+    check = with_verdicts(other + rspamd_header(), "--authserv-id", "mx.example.test")
+    assert check.state == Ok
+    check = with_verdicts(other + rspamd_header())  # default: the topmost one
+    assert check.state == Critical
+
+
+@pytest.mark.parametrize(
+    "name, authserv_id, expected",
+    [
+        ("gmail.txt", None, ["spf=pass (smtp.mailfrom=probe@example.com)", "dkim=pass (header.i=@example.com, header.s=s2026)",
+                             "dmarc=pass (p=quarantine, header.from=example.com)", "arc=pass"]),
+        ("microsoft365.txt", None, ["spf=pass (smtp.mailfrom=example.com)", "dkim=pass (header.d=example.com)",
+                                    "dmarc=pass (header.from=example.com)"]),
+        ("fastmail.txt", None, ["spf=pass (smtp.mailfrom=probe@example.com, smtp.helo=out1-smtp.messagingengine.com)",
+                                "dkim=pass (header.d=example.com, header.i=@example.com, header.a=rsa-sha256, header.s=fm2)",
+                                "dmarc=pass (policy.published-domain-policy=none, policy.applied-disposition=none, "
+                                "policy.evaluated-disposition=none, policy.policy-from=p, header.from=example.com)"]),
+        ("rspamd.txt", None, ["spf=pass (smtp.mailfrom=probe@example.test)", "dkim=pass (header.d=example.test, header.s=s2026)",
+                              "dmarc=pass (p=quarantine, header.from=example.test)"]),
+        ("opendkim_opendmarc.txt", "mail.example.org",
+         ["spf=softfail (smtp.mailfrom=example.com)", "dkim=pass (header.d=example.com, header.i=@example.com)",
+          "dmarc=fail (p=quarantine, header.from=example.com)"]),
+    ],
+)
+def test_recorded_headers_from_real_receivers(name, authserv_id, expected):
+    header = (HEADERS / name).read_bytes().replace(b"\n", b"\r\n") + b"\r\n"
+    check = with_verdicts(header, *(["--authserv-id", authserv_id] if authserv_id else []))
+    assert check.verbose_str == expected
+
+
+def test_split_headers_without_authserv_id_trust_the_topmost_and_say_how_to_trust_the_rest():
+    from check_email_roundtrip.verdicts import read_verdicts
+
+    auth = read_verdicts((HEADERS / "opendkim_opendmarc.txt").read_bytes())
+    assert auth.verdicts["dmarc"].result == "fail" and auth.verdicts["spf"].result == "missing"
+    assert auth.ignored[0] == "header 2 from mail.example.org (not the topmost; --authserv-id mail.example.org would trust it)"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["mx.example.test; dkim=", "((((", "mx; spf=pass (unclosed comment", "mx.example.test; =pass", "", ";;;;"],
+)
+def test_malformed_header_is_reported_not_a_crash(value):
+    check = with_verdicts(f"Authentication-Results: {value}\r\nSubject: x\r\n\r\n".encode())
+    assert check.state == Warn
+    assert check.summary_str.startswith("the receiver's Authentication-Results header does not parse: Syntax error")

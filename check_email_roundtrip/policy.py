@@ -1,0 +1,72 @@
+"""What a verdict means for the service state: the defaults and --auth-policy.
+
+A policy maps (method, result) to one of ``ok``, ``warning``, ``critical`` or
+``ignore`` (printed, but without effect on the state).  ``pass`` is always
+``ok``.  Lookup order: the user's METHOD:RESULT, the user's METHOD (every
+non-pass result of that method), the default METHOD:RESULT, the default for
+the method.
+
+The pseudo-method ``header`` covers the Authentication-Results header itself:
+``header:missing`` (the receiver wrote none) and ``header:malformed``.
+"""
+
+from typing import Dict, Iterable, Optional, Tuple
+
+from .verdicts import METHODS, NOT_EVALUATED
+
+HEADER = "header"
+STATES = ("ok", "warning", "critical", "ignore")
+ANY = "*"
+# RFC 8601 section 2.7 results, plus ours: "missing" (method not evaluated),
+# and for the header itself "missing" and "malformed".
+RESULTS = ("none", "pass", "fail", "softfail", "neutral", "temperror", "permerror", "policy", "hardfail", NOT_EVALUATED)
+HEADER_RESULTS = ("missing", "malformed")
+
+DEFAULT_POLICY: Dict[str, Dict[str, str]] = {
+    # SPF or DKIM alone failing: DMARC may still pass through the other, but
+    # half of the defence is gone.
+    "spf": {ANY: "warning"},
+    "dkim": {ANY: "warning"},
+    # DMARC failing: the receiver quarantines or rejects what the sender's
+    # policy says; any other non-pass (none, temperror, permerror, missing)
+    # is a warning.
+    "dmarc": {"fail": "critical", ANY: "warning"},
+    # ARC matters only for forwarded mail: a failing chain warns, an absent
+    # one (the usual case for direct mail) is just reported.
+    "arc": {"fail": "warning", ANY: "ignore"},
+    HEADER: {ANY: "warning"},
+}
+
+PolicyRule = Tuple[str, Optional[str], str]  # (method, result or None for all, state)
+
+
+def parse_policy_rule(text: str) -> PolicyRule:
+    """``METHOD[:RESULT]=STATE`` -> rule, or ValueError with the reason."""
+    target, sep, state = text.partition("=")
+    method, _, result = target.partition(":")
+    method, result, state = method.strip().lower(), result.strip().lower() or None, state.strip().lower()
+    if not sep or method not in METHODS + (HEADER,):
+        raise ValueError(f"expected METHOD[:RESULT]=STATE with METHOD one of {', '.join(METHODS + (HEADER,))}")
+    allowed = HEADER_RESULTS if method == HEADER else RESULTS
+    if result is not None and (result not in allowed or result == "pass"):
+        raise ValueError(f"result for {method} must be one of {', '.join(r for r in allowed if r != 'pass')}")
+    if state not in STATES:
+        raise ValueError(f"state must be one of {', '.join(STATES)}")
+    return method, result, state
+
+
+class AuthPolicy:
+    def __init__(self, rules: Iterable[PolicyRule] = ()):
+        self.user: Dict[str, Dict[str, str]] = {}
+        for method, result, state in rules:
+            self.user.setdefault(method, {})[result or ANY] = state
+
+    def state_for(self, method: str, result: str) -> str:
+        if result == "pass":
+            return "ok"
+        user = self.user.get(method, {})
+        default = DEFAULT_POLICY[method]
+        for table, key in ((user, result), (user, ANY), (default, result), (default, ANY)):
+            if key in table:
+                return table[key]
+        return "warning"  # not reached: every default table has ANY

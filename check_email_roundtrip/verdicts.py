@@ -1,0 +1,178 @@
+"""What the receiving side concluded: SPF, DKIM, DMARC (and ARC) verdicts.
+
+Knows nothing of Nagios.  ``read_verdicts`` takes the header block of the
+found message and returns :class:`AuthVerdicts`: one :class:`Verdict` per
+method, from the Authentication-Results header(s) the probe trusts, plus what
+it ignored and why.  Parsing is ``authres``'s; ``authres`` is imported here
+only, so runs that never read verdicts never load it.
+
+Trust (RFC 8601, section 5): anybody can put an Authentication-Results header
+into a message they send.  The receiver adds its own above everything it
+received, so by default only the topmost header is trusted; with
+``authserv_id`` every header carrying that authserv-id is trusted (for
+receivers that write one header per method, such as OpenDKIM + OpenDMARC),
+and nothing else.
+"""
+
+import email.parser
+import email.policy
+import re
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+# The methods reported, each on its own line, in this order.
+METHODS = ("spf", "dkim", "dmarc", "arc")
+# ``result`` of a method the trusted header(s) do not mention.
+NOT_EVALUATED = "missing"
+# Property values not worth a line (the signature's first bytes).
+_HIDDEN_PROPERTIES = {("header", "b")}
+# "dmarc=fail (p=QUARANTINE sp=NONE dis=NONE)" (Gmail, OpenDMARC) or
+# "(policy=quarantine)" (rspamd): authres drops comments, the policy is in one.
+_DMARC_POLICY = re.compile(r"\bdmarc\s*=\s*[a-z]+\s*\(([^)]*)\)", re.I)
+_POLICY_IN_COMMENT = re.compile(r"\b(?:p|policy)\s*=\s*([a-z]+)", re.I)
+# Where receivers say which address the mail came from: rspamd and Gmail in
+# the SPF comment, Microsoft 365 as "sender IP is", others as smtp.remote-ip.
+_SENDER_IP = (
+    re.compile(r"designates? \[?([0-9a-f:.]+)\]? as permitted sender", re.I),
+    re.compile(r"sender IP is \[?([0-9a-f:.]+)\]?", re.I),
+    re.compile(r"smtp\.remote-ip=\[?([0-9a-f:.]+)\]?", re.I),
+)
+# Microsoft 365 writes Authentication-Results without an authserv-id.
+_STARTS_WITH_RESULT = re.compile(r"^\s*[a-z0-9-]+\s*=\s*[a-z]+", re.I)
+
+
+@dataclass
+class Verdict:
+    method: str
+    result: str  # lowercase RFC 8601 result, or NOT_EVALUATED
+    details: List[str] = field(default_factory=list)  # "header.d=example.test", "p=quarantine"
+
+    @property
+    def passed(self) -> bool:
+        return self.result == "pass"
+
+    def line(self) -> str:
+        if self.result == NOT_EVALUATED:
+            return f"{self.method}: not evaluated by the receiver"
+        details = f" ({', '.join(self.details)})" if self.details else ""
+        return f"{self.method}={self.result}{details}"
+
+
+@dataclass
+class AuthVerdicts:
+    authserv_id: Optional[str]  # of the trusted header(s); None when there is none
+    verdicts: Dict[str, Verdict]
+    header_found: bool  # the receiver wrote an Authentication-Results header
+    malformed: Optional[str] = None  # why the trusted header could not be parsed
+    ignored: List[str] = field(default_factory=list)  # one description per ignored header
+    sender_ip: Optional[str] = None  # the address the receiver saw the mail come from
+
+    def with_dmarc_policy(self, policy: str) -> None:
+        """Add the policy from the _dmarc record when the header did not say it."""
+        verdict = self.verdicts["dmarc"]
+        if verdict.result != NOT_EVALUATED and not any(d.startswith("p=") for d in verdict.details):
+            verdict.details.insert(0, f"p={policy}")
+
+
+def _unfold(value: str) -> str:
+    return " ".join(str(value).split())
+
+
+class MalformedHeader(Exception):
+    pass
+
+
+def _parse(value: str):
+    """authres's parse, with the one shim real receivers need."""
+    import authres
+
+    features = authres.all_features()
+    try:
+        try:
+            return features.parse_value(value)
+        except authres.AuthResError:
+            if not _STARTS_WITH_RESULT.match(value):
+                raise
+            # No authserv-id (Microsoft 365): parse the results on their own.
+            parsed = features.parse_value("unnamed; " + value)
+            parsed.authserv_id = None
+            return parsed
+    except Exception as exc:  # authres raises more than AuthResError on odd input
+        raise MalformedHeader(" ".join(str(exc).split())[:160] or exc.__class__.__name__) from None
+
+
+def _details(result, raw_value: str) -> List[str]:
+    details = []
+    if result.method == "dmarc":
+        comment = _DMARC_POLICY.search(raw_value)
+        policy = _POLICY_IN_COMMENT.search(comment.group(1)) if comment else None
+        if policy:
+            details.append(f"p={policy.group(1).lower()}")
+    if getattr(result, "reason", None):
+        details.append(f'reason="{result.reason}"')
+    for prop in result.properties:
+        if (prop.type, prop.name) not in _HIDDEN_PROPERTIES and prop.value is not None:
+            details.append(f"{prop.type}.{prop.name}={prop.value}")
+    return details
+
+
+def _best(first: Optional[Verdict], second: Verdict) -> Verdict:
+    """Several results for one method (two DKIM signatures): a pass wins, as in DMARC."""
+    if first is None or (second.passed and not first.passed):
+        return second
+    return first
+
+
+def _sender_ip(raw_headers: List[str]) -> Optional[str]:
+    for raw in raw_headers:
+        for pattern in _SENDER_IP:
+            match = pattern.search(raw)
+            if match:
+                return match.group(1)
+    return None
+
+
+def read_verdicts(header_block: bytes, authserv_id: Optional[str] = None) -> AuthVerdicts:
+    message = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(header_block)
+    raw_headers = [_unfold(value) for value in message.get_all("Authentication-Results") or []]
+    wanted = authserv_id.lower() if authserv_id else None
+
+    trusted: List[Tuple[str, object]] = []
+    ignored: List[str] = []
+    malformed: Optional[str] = None
+    for position, raw in enumerate(raw_headers):
+        try:
+            parsed = _parse(raw)
+        except MalformedHeader as exc:
+            if (wanted is None and position == 0) or (wanted and raw.lower().startswith(wanted)):
+                malformed = str(exc)
+            else:
+                ignored.append(f"header {position + 1} (malformed)")
+            continue
+        header_id = parsed.authserv_id
+        if (wanted is None and position == 0) or (wanted is not None and header_id == wanted):
+            trusted.append((raw, parsed))
+        else:
+            why = "not the topmost" if wanted is None else f"authserv-id is not {authserv_id}"
+            ignored.append(f"header {position + 1} from {header_id or '(no authserv-id)'} ({why})")
+
+    verdicts: Dict[str, Verdict] = {}
+    for raw, parsed in trusted:
+        for result in parsed.results:
+            method = (result.method or "").lower()
+            if method in METHODS:
+                verdict = Verdict(method, (result.result or "").lower(), _details(result, raw))
+                verdicts[method] = _best(verdicts.get(method), verdict)
+    trusted_id = trusted[0][1].authserv_id if trusted else None
+    if wanted is None and trusted_id:
+        hint = f"from {trusted_id} (not the topmost)"
+        ignored = [f"{text[:-1]}; --authserv-id {trusted_id} would trust it)" if hint in text else text
+                   for text in ignored]
+    return AuthVerdicts(
+        authserv_id=trusted_id,
+        verdicts={method: verdicts.get(method) or Verdict(method, NOT_EVALUATED) for method in METHODS},
+        header_found=bool(trusted) or malformed is not None,
+        malformed=malformed,
+        ignored=ignored,
+        sender_ip=_sender_ip([raw for raw, _ in trusted]),
+    )
