@@ -11,10 +11,19 @@ Mail path:
     client -> Postfix submission 127.0.0.1:10587 (STARTTLS required, AUTH)
            or Postfix submissions 127.0.0.1:10465 (implicit TLS, AUTH)
               SASL via the Dovecot auth socket
+              rspamd milter (127.0.0.1:10332) DKIM-signs example.test (s2026)
            -> content_filter smtp:[127.0.0.1]:10025
            -> Postfix inbound "MX" 127.0.0.1:10025 (no auth, example.test only)
+              rspamd milter verifies SPF, DKIM, DMARC and adds ONE
+              Authentication-Results (authserv-id mx.example.test) on top;
+              foreign A-R headers are kept; nothing is rejected/quarantined
            -> LMTP (unix socket) -> Dovecot (sieve, quota) -> Maildir
     client <- Dovecot IMAP 127.0.0.1:10143 (STARTTLS) and IMAPS 127.0.0.1:10993
+    rspamd -> dnsmasq 127.0.0.1:10053 (UDP+TCP): example.test only, rest NXDOMAIN
+              example.test TXT                "v=spf1 ip4:127.0.0.1 -all"
+              s2026._domainkey.example.test   the key in DIR/dkim (made at first up)
+              _dmarc.example.test TXT         "v=DMARC1; p=quarantine; rua=..."
+              mx./mail.example.test A 127.0.0.1, example.test MX mx.example.test
 
 The TLS server certificate is issued by a private CA (DIR/tls/ca.pem) for
 DNS:localhost only: connect to "localhost" to verify OK; connecting by
@@ -25,11 +34,21 @@ the tag may be followed by "-", "." or "_" and anything, e.g. probe+hold-123):
     +hold      accepted (250) but kept in the hold queue -> release_held()
     +tempfail  451 4.7.0 Rate limit exceeded, try again later   (at RCPT)
     +reject    550 5.7.1 Recipient rejected by policy          (at RCPT)
+    +forge     delivered, with a forged all-pass Authentication-Results
+               (authserv-id mx.example.test) prepended at submission: it
+               ends up right below the receiver's real one
 plus set_password()/reset_passwords().
 
-Adding a daemon (rspamd, dnsmasq, ...) = one more Service subclass in
-MailStack.services (order = start order), with packages/write_config/start/
-reload/endpoints/info.
+DNS knobs (each applies to the next message; dnsmasq is restarted and the
+answer checked before they return):
+    set_dns(spf=..., dkim=..., dmarc=...)   str / list / None / KEEP / DEFAULT
+    set_txt(name, value)                     any name (include chains, other selectors)
+    reset_dns(), dns_records(), dns_query(name, qtype)
+    dkim_public_txt(), dkim_other_public_txt() (a valid wrong key), DKIM_REVOKED
+
+Adding a daemon = one more Service subclass in MailStack.services (order =
+start order: dnsmasq, rspamd, dovecot, postfix), with packages/write_config/
+start/reload/endpoints/info.
 """
 
 import argparse
@@ -74,6 +93,40 @@ REJECT_REPLY = "550 5.7.1 Recipient rejected by policy"
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
+
+# DNS (dnsmasq), authoritative for DOMAIN only: everything else is NXDOMAIN
+DNS_PORT = 10053            # UDP and TCP
+MAIL_HOSTS = (MX_HOSTNAME, "mail." + DOMAIN)   # A records -> HOST
+SPF_NAME = DOMAIN
+DMARC_NAME = "_dmarc." + DOMAIN
+DEFAULT_SPF = "v=spf1 ip4:127.0.0.1 -all"     # the MX sees the relay from 127.0.0.1
+DEFAULT_DMARC = "v=DMARC1; p=quarantine; rua=mailto:dmarc@" + DOMAIN
+DKIM_SELECTOR = "s2026"
+DKIM_NAME = "%s._domainkey.%s" % (DKIM_SELECTOR, DOMAIN)
+DKIM_BITS = 2048
+DKIM_REVOKED = "v=DKIM1; p="                  # RFC 6376 3.6.1: empty p= = revoked key
+# "+forge": the submission server PREPENDs this all-pass header, claiming the
+# receiver's own authserv-id; the real one (rspamd, inbound pass) lands above.
+FORGED_AUTH_RESULTS = ("Authentication-Results: %s; spf=pass smtp.mailfrom=%s; "
+                       "dkim=pass header.d=%s header.s=%s; dmarc=pass header.from=%s"
+                       % (MX_HOSTNAME, DOMAIN, DOMAIN, DKIM_SELECTOR, DOMAIN))
+
+# rspamd: one milter worker signs (authenticated submissions) and verifies
+# (the inbound MX pass).  Not 11332/11334 so a system rspamd cannot collide.
+RSPAMD_MILTER_PORT = 10332
+RSPAMD_CONTROLLER_PORT = 10334
+RSPAMD_USER = "_rspamd"
+# The first start compiles the hyperscan regex cache (~10 s, high RSS).
+RSPAMD_START_TIMEOUT = 120.0
+AUTHSERV_ID = MX_HOSTNAME   # rspamd takes it from the MX smtpd's $myhostname ({j})
+# Modules that want the internet or Redis (or would slow every scan down
+# with lookups that can only fail here).
+RSPAMD_DISABLED_MODULES = (
+    "rbl", "fuzzy_check", "asn", "phishing", "neural", "ratelimit", "greylist",
+    "history_redis", "url_redirector", "replies", "reputation", "bimi", "multimap",
+    "whitelist", "mx_check", "rspamd_update", "emails", "dcc", "antivirus",
+    "external_services", "clickhouse", "elastic", "metadata_exporter",
+    "metric_exporter", "p0f", "spamtrap", "aws_s3")
 
 
 # --------------------------------------------------------------------------
@@ -190,7 +243,32 @@ def _unix_open(path, timeout=0.3):
 
 
 def _endpoint_open(e):
-    return _tcp_open(e[1], e[2]) if e[0] == "tcp" else _unix_open(e[1])
+    if e[0] == "tcp":
+        return _tcp_open(e[1], e[2])
+    if e[0] == "dns":
+        return _dns_open(e[1], e[2])
+    if e[0] == "milter":
+        return _milter_open(e[1], e[2])
+    if e[0] == "http":
+        return _http_ping(e[1], e[2])
+    return _unix_open(e[1])
+
+
+def _endpoint_name(e):
+    if e[0] == "tcp":
+        return "%s:%d" % (e[1], e[2])
+    if e[0] in ("dns", "milter", "http"):
+        return "%s %s:%d" % (e[0], e[1], e[2])
+    return e[1]
+
+
+def _endpoint_busy(e):
+    """Is a port of a not-running service already taken by something else?"""
+    if e[0] in ("tcp", "milter", "http"):
+        return _tcp_open(e[1], e[2])
+    if e[0] == "dns":
+        return _tcp_open(e[1], e[2]) or _udp_busy(e[1], e[2])
+    return False
 
 
 def _read_pidfile(path):
@@ -209,6 +287,180 @@ def _tail(path, n=30):
         return ""
 
 
+_DNS_TYPES = {"A": 1, "NS": 2, "CNAME": 5, "SOA": 6, "PTR": 12, "MX": 15, "TXT": 16,
+              "AAAA": 28}
+_DNS_RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP",
+               5: "REFUSED"}
+
+
+def _dns_name(data, pos):
+    """Decode a (possibly compressed) domain name; returns (name, next_pos)."""
+    labels, end, hops = [], None, 0
+    while True:
+        n = data[pos]
+        if n & 0xC0 == 0xC0:
+            if end is None:
+                end = pos + 2
+            pos = ((n & 0x3F) << 8) | data[pos + 1]
+            hops += 1
+            if hops > 64:
+                raise ValueError("DNS name compression loop")
+            continue
+        pos += 1
+        if n == 0:
+            break
+        labels.append(data[pos:pos + n].decode("ascii", "replace"))
+        pos += n
+    return ".".join(labels), (end if end is not None else pos)
+
+
+def dns_query(name, qtype="TXT", server=(HOST, DNS_PORT), timeout=2.0, tcp=False):
+    """Tiny stdlib DNS client (enough to check the stack's dnsmasq).
+
+    Returns (rcode, answers): rcode "NOERROR", "NXDOMAIN", ...; answers of
+    the asked type: TXT -> str (the record's strings joined, as SPF/DKIM/
+    DMARC verifiers read it), A/AAAA -> address, MX -> (preference, host),
+    others -> raw bytes.  Raises OSError on time-out / no answer."""
+    qt = _DNS_TYPES[qtype.upper()]
+    qid = secrets.randbits(16)
+    q = b"".join(bytes([len(lab)]) + lab for lab in
+                 (x.encode("ascii") for x in name.rstrip(".").split(".") if x)) + b"\0"
+    query = qid.to_bytes(2, "big") + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" \
+        + q + qt.to_bytes(2, "big") + b"\x00\x01"
+    if tcp:
+        with socket.create_connection(server, timeout=timeout) as s:
+            s.sendall(len(query).to_bytes(2, "big") + query)
+            buf = b""
+            while len(buf) < 2 or len(buf) < 2 + int.from_bytes(buf[:2], "big"):
+                chunk = s.recv(65535)
+                if not chunk:
+                    raise OSError("DNS TCP connection closed early")
+                buf += chunk
+            data = buf[2:2 + int.from_bytes(buf[:2], "big")]
+    else:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(timeout)
+            s.connect(server)
+            s.send(query)
+            while True:
+                data = s.recv(65535)
+                if data[:2] == query[:2]:
+                    break
+        if data[2] & 0x02:          # truncated: retry over TCP
+            return dns_query(name, qtype, server, timeout, tcp=True)
+    rcode = _DNS_RCODES.get(data[3] & 0x0F, str(data[3] & 0x0F))
+    qd, an = int.from_bytes(data[4:6], "big"), int.from_bytes(data[6:8], "big")
+    pos = 12
+    for _ in range(qd):
+        _, pos = _dns_name(data, pos)
+        pos += 4
+    answers = []
+    for _ in range(an):
+        _, pos = _dns_name(data, pos)
+        rtype = int.from_bytes(data[pos:pos + 2], "big")
+        rdlen = int.from_bytes(data[pos + 8:pos + 10], "big")
+        rdata, rstart = data[pos + 10:pos + 10 + rdlen], pos + 10
+        pos += 10 + rdlen
+        if rtype != qt:
+            continue
+        if rtype == 16:
+            parts, i = [], 0
+            while i < len(rdata):
+                parts.append(rdata[i + 1:i + 1 + rdata[i]].decode("utf-8", "replace"))
+                i += 1 + rdata[i]
+            answers.append("".join(parts))
+        elif rtype in (1, 28):
+            answers.append(socket.inet_ntop(socket.AF_INET if rtype == 1 else socket.AF_INET6,
+                                            rdata))
+        elif rtype == 15:
+            answers.append((int.from_bytes(rdata[:2], "big"), _dns_name(data, rstart + 2)[0]))
+        else:
+            answers.append(rdata)
+    return rcode, answers
+
+
+def _txt_chunks(value):
+    """A TXT value as character-strings of at most 255 bytes (RFC 1035 3.3.14;
+    verifiers concatenate them)."""
+    data = value.encode("ascii")
+    return [data[i:i + 255].decode() for i in range(0, len(data), 255)] or [""]
+
+
+def _dns_open(host, port, timeout=0.3):
+    """Does a DNS server answer (anything) on host:port over UDP and TCP?"""
+    try:
+        dns_query(DOMAIN, "SOA", (host, port), timeout=timeout)
+        dns_query(DOMAIN, "SOA", (host, port), timeout=timeout, tcp=True)
+        return True
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def _milter_open(host, port, timeout=0.5):
+    """Does a milter answer option negotiation (SMFIC_OPTNEG) on host:port?"""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            body = b"O" + (6).to_bytes(4, "big") + (0x1FF).to_bytes(4, "big") \
+                + (0x1FFFFF).to_bytes(4, "big")
+            s.sendall(len(body).to_bytes(4, "big") + body)
+            head = b""
+            while len(head) < 5:
+                chunk = s.recv(5 - len(head))
+                if not chunk:
+                    return False
+                head += chunk
+            ok = head[4:5] == b"O"
+            try:
+                s.sendall((1).to_bytes(4, "big") + b"Q")     # SMFIC_QUIT
+            except OSError:
+                pass
+            return ok
+    except OSError:
+        return False
+
+
+def _http_ping(host, port, timeout=0.5):
+    """Does an rspamd controller answer GET /ping with "pong"?  (A bare TCP
+    connect would log an "unexpected EOF" error in rspamd each time.)"""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.sendall(b"GET /ping HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            data = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+                if b"pong" in data:
+                    return True
+            return False
+    except OSError:
+        return False
+
+
+def _udp_busy(host, port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.bind((host, port))
+        return False
+    except OSError:
+        return True
+    finally:
+        s.close()
+
+
+class _Sentinel:
+    def __init__(self, name):
+        self.name = name
+
+    def __repr__(self):
+        return "MailStack." + self.name
+
+
+KEEP = _Sentinel("KEEP")
+DEFAULT = _Sentinel("DEFAULT")
+
+
 # --------------------------------------------------------------------------
 # Services
 # --------------------------------------------------------------------------
@@ -218,6 +470,7 @@ class Service:
     packages = ()
     preseed = ()          # debconf-set-selections lines
     start_hint = ""
+    ready_timeout = START_TIMEOUT   # budget for endpoints() to open after start
 
     def __init__(self, stack):
         self.stack = stack
@@ -238,7 +491,9 @@ class Service:
         raise NotImplementedError
 
     def endpoints(self):
-        """[('tcp', host, port) | ('unix', path)] that must be ready."""
+        """[('tcp'|'dns'|'milter'|'http', host, port) | ('unix', path)] that must
+        be ready ('dns': answers a query over UDP and TCP; 'milter': answers
+        OPTNEG; 'http': rspamd controller answers /ping)."""
         return []
 
     def info(self):
@@ -301,9 +556,17 @@ class Service:
         with open(logfile, "a") as out:
             out.write("\n--- %s $ %s\n" % (time.strftime("%Y-%m-%d %H:%M:%S"), " ".join(cmd)))
             out.flush()
-            rc = subprocess.call(cmd, stdin=subprocess.DEVNULL, stdout=out,
-                                 stderr=subprocess.STDOUT, env=env,
-                                 start_new_session=True, close_fds=True)
+            # rspamd's parent returns only after loading its config (about
+            # 10 s on a first start): allow for it, but never hang forever.
+            timeout = max(60.0, self.ready_timeout)
+            try:
+                rc = subprocess.call(cmd, stdin=subprocess.DEVNULL, stdout=out,
+                                     stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True, close_fds=True,
+                                     timeout=timeout)
+            except subprocess.TimeoutExpired:
+                raise StackError("%s: start command still running after %.0fs: %s\n%s"
+                                 % (self.name, timeout, " ".join(cmd), _tail(self.log)))
         if rc != 0:
             raise StackError("%s: start failed (rc=%d): %s\n%s%s"
                              % (self.name, rc, " ".join(cmd), _tail(logfile),
@@ -420,12 +683,13 @@ class Postfix(Service):
             lmtp_socket=dv.lmtp_socket, vmailbox=self.vmailbox,
             recipient_access=self.recipient_access, host=HOST,
             sub_port=SUBMISSION_PORT, subs_port=SUBMISSIONS_PORT,
-            mx_port=MX_PORT, mx_hostname=MX_HOSTNAME)
+            mx_port=MX_PORT, mx_hostname=MX_HOSTNAME,
+            milter="inet:%s:%d" % (HOST, RSPAMD_MILTER_PORT))
         changed = False
         changed |= _write(os.path.join(self.conf_dir, "main.cf"), POSTFIX_MAIN_CF.format(**fmt))
         changed |= _write(os.path.join(self.conf_dir, "master.cf"), POSTFIX_MASTER_CF.format(**fmt))
         changed |= _write(self.recipient_access, RECIPIENT_ACCESS_MAP.format(
-            tempfail=HOLD_TEMPFAIL_REPLY, reject=REJECT_REPLY))
+            tempfail=HOLD_TEMPFAIL_REPLY, reject=REJECT_REPLY, forged=FORGED_AUTH_RESULTS))
         changed |= _write(self.vmailbox, "".join(
             "%s@%s %s/%s/\n" % (u, DOMAIN, DOMAIN, u) for u in USERS))
         return changed
@@ -444,6 +708,171 @@ class Postfix(Service):
         """Run a Postfix admin command (postsuper, postqueue, ...) on this instance."""
         return _run([args[0], "-c", self.conf_dir] + list(args[1:]), check=check,
                     env=self._env())
+
+
+class Dnsmasq(Service):
+    """DNS for DOMAIN on HOST:DNS_PORT (UDP+TCP); everything else NXDOMAIN.
+
+    The published TXT records live in DIR/dns/records.json (see
+    MailStack.set_dns/set_txt); dnsmasq.conf is generated from it."""
+    name = "dnsmasq"
+    packages = ("dnsmasq-base",)
+
+    def __init__(self, stack):
+        super().__init__(stack)
+        s = stack
+        self.conf_dir = os.path.join(s.dir, "dns")
+        self.conf = os.path.join(self.conf_dir, "dnsmasq.conf")
+        self.records_file = os.path.join(self.conf_dir, "records.json")
+        self.log = os.path.join(s.log_dir, "dnsmasq.log")
+        self.start_log = os.path.join(s.log_dir, "dnsmasq-start.log")
+
+    def pidfile(self):
+        return os.path.join(self.conf_dir, "dnsmasq.pid")
+
+    def matches(self, pid):
+        cmd = _proc_cmdline(pid)
+        return bool(cmd) and os.path.basename(cmd[0]) == "dnsmasq" \
+            and ("--conf-file=" + self.conf) in cmd
+
+    def endpoints(self):
+        return [("dns", HOST, DNS_PORT)]
+
+    def info(self):
+        return {"host": HOST, "port": DNS_PORT, "nameserver": "%s:%d" % (HOST, DNS_PORT),
+                "config": self.conf, "records_file": self.records_file, "log": self.log,
+                "a": {h: HOST for h in MAIL_HOSTS}, "mx": {DOMAIN: [10, MX_HOSTNAME]},
+                "txt": self.stack.dns_records()}
+
+    @staticmethod
+    def _quote(chunk):
+        return '"%s"' % chunk.replace("\\", "\\\\").replace('"', '\\"')
+
+    def write_config(self):
+        _mkdir(self.conf_dir, 0o755)
+        lines = []
+        for name, values in sorted(self.stack.dns_records().items()):
+            for value in values:
+                lines.append("txt-record=%s,%s" % (name, ",".join(
+                    self._quote(c) for c in _txt_chunks(value))))
+        conf = DNSMASQ_CONF.format(
+            host=HOST, port=DNS_PORT, pidfile=self.pidfile(), log=self.log,
+            domain=DOMAIN, mx=MX_HOSTNAME,
+            hosts="".join("host-record=%s,%s\n" % (h, HOST) for h in MAIL_HOSTS),
+            txt="".join(line + "\n" for line in lines))
+        return _write(self.conf, conf)
+
+    def start(self):
+        self.clear_stale_pidfile()
+        self._spawn(["dnsmasq", "--conf-file=" + self.conf], self.start_log)
+
+    def reload(self):
+        # SIGHUP re-reads hosts files only, not txt-record lines: restart.
+        self.stop()
+        self.start()
+        self.stack.wait_ready(services=[self])
+
+
+class Rspamd(Service):
+    """rspamd as a milter: DKIM-signs authenticated submissions, verifies
+    SPF/DKIM/DMARC on the inbound MX pass and adds Authentication-Results.
+
+    Private top-level config including the packaged common.conf; the
+    packaged module files include $LOCAL_CONFDIR/local.d/<module>.conf, and
+    LOCAL_CONFDIR, DBDIR, RUNDIR, LOGDIR are redefined by --var to point into
+    the stack directory."""
+    name = "rspamd"
+    packages = ("rspamd",)
+    ready_timeout = RSPAMD_START_TIMEOUT
+
+    def __init__(self, stack):
+        super().__init__(stack)
+        s = stack
+        self.root = os.path.join(s.dir, "rspamd")
+        self.conf = os.path.join(self.root, "rspamd.conf")
+        self.local_d = os.path.join(self.root, "local.d")
+        self.override_d = os.path.join(self.root, "override.d")
+        self.db_dir = os.path.join(self.root, "db")
+        # holds the control socket: keep it short (unix socket path limit)
+        self.run_dir = os.path.join(s.short_dir, "rspamd-run")
+        self.log = os.path.join(s.log_dir, "rspamd.log")
+        self.start_log = os.path.join(s.log_dir, "rspamd-start.log")
+
+    def pidfile(self):
+        return os.path.join(self.run_dir, "rspamd.pid")
+
+    def matches(self, pid):
+        # rspamd rewrites its command line ("rspamd: main process"), so
+        # check the binary and that it holds our log file open.
+        try:
+            if os.path.basename(os.readlink("/proc/%d/exe" % pid)) != "rspamd":
+                return False
+            fd_dir = "/proc/%d/fd" % pid
+            for fd in os.listdir(fd_dir):
+                try:
+                    if os.readlink(os.path.join(fd_dir, fd)) in (self.log, self.log + " (deleted)"):
+                        return True
+                except OSError:
+                    pass
+        except OSError:
+            pass
+        return False
+
+    def endpoints(self):
+        return [("milter", HOST, RSPAMD_MILTER_PORT), ("http", HOST, RSPAMD_CONTROLLER_PORT)]
+
+    def info(self):
+        return {"milter_port": RSPAMD_MILTER_PORT,
+                "milter": "inet:%s:%d" % (HOST, RSPAMD_MILTER_PORT),
+                "controller_port": RSPAMD_CONTROLLER_PORT, "log": self.log,
+                "config": self.conf, "local_d": self.local_d, "authserv_id": AUTHSERV_ID}
+
+    def command(self):
+        return ["rspamd", "-c", self.conf, "-u", RSPAMD_USER, "-g", RSPAMD_USER,
+                "--var=LOCAL_CONFDIR=" + self.root, "--var=DBDIR=" + self.db_dir,
+                "--var=RUNDIR=" + self.run_dir, "--var=LOGDIR=" + self.stack.log_dir]
+
+    def write_config(self):
+        s = self.stack
+        ru = pwd.getpwnam(RSPAMD_USER)
+        _mkdir(self.root, 0o755)
+        _mkdir(self.local_d, 0o755)
+        _mkdir(self.override_d, 0o755)
+        _mkdir(self.db_dir, 0o750, ru.pw_uid, ru.pw_gid)
+        _mkdir(self.run_dir, 0o750, ru.pw_uid, ru.pw_gid)
+        if not os.path.exists(self.log):
+            _write(self.log, "", 0o640)
+        os.chown(self.log, ru.pw_uid, ru.pw_gid)
+        fmt = dict(host=HOST, milter_port=RSPAMD_MILTER_PORT,
+                   controller_port=RSPAMD_CONTROLLER_PORT, pidfile=self.pidfile(),
+                   log=self.log, run_dir=self.run_dir, dns_port=DNS_PORT, domain=DOMAIN,
+                   selector=DKIM_SELECTOR, dkim_key=s.dkim_key)
+        files = {self.conf: RSPAMD_CONF,
+                 os.path.join(self.override_d, "options.inc"): RSPAMD_OPTIONS,
+                 os.path.join(self.local_d, "actions.conf"): RSPAMD_ACTIONS,
+                 os.path.join(self.local_d, "spf.conf"): RSPAMD_SPF,
+                 os.path.join(self.local_d, "dkim.conf"): RSPAMD_DKIM,
+                 os.path.join(self.local_d, "dmarc.conf"): RSPAMD_DMARC,
+                 os.path.join(self.local_d, "dkim_signing.conf"): RSPAMD_DKIM_SIGNING,
+                 os.path.join(self.local_d, "arc.conf"): RSPAMD_ARC,
+                 os.path.join(self.local_d, "milter_headers.conf"): RSPAMD_MILTER_HEADERS}
+        for mod in RSPAMD_DISABLED_MODULES:
+            files[os.path.join(self.local_d, mod + ".conf")] = RSPAMD_DISABLED
+        changed = False
+        for path, template in files.items():
+            changed |= _write(path, template.format(**fmt))
+        return changed
+
+    def start(self):
+        self.clear_stale_pidfile()
+        self._spawn(self.command(), self.start_log)
+
+    def reload(self):
+        # SIGHUP makes rspamd spawn new workers while the old ones drain; a
+        # message in that window may meet an old-config worker.  Restart.
+        self.stop()
+        self.start()
+        self.stack.wait_ready(services=[self])
 
 
 # --------------------------------------------------------------------------
@@ -471,10 +900,16 @@ class MailStack:
         # pytest's tmp_path) keep the socket-holding directories in /run.
         self.short_dir = self.dir if len(self.dir) <= 60 else "/run/mailstack-" + digest
         self.run_dir = os.path.join(self.short_dir, "run")
+        self.dkim_dir = os.path.join(self.dir, "dkim")
+        self.dkim_key = os.path.join(self.dkim_dir, "%s.%s.key" % (DOMAIN, DKIM_SELECTOR))
+        # a valid RSA key that is NOT the signing key ("wrong key" fault)
+        self.dkim_other_key = os.path.join(self.dkim_dir, "other.key")
         # start order; stop is the reverse
+        self.dnsmasq = Dnsmasq(self)
+        self.rspamd = Rspamd(self)
         self.dovecot = Dovecot(self)
         self.postfix = Postfix(self)
-        self.services = [self.dovecot, self.postfix]
+        self.services = [self.dnsmasq, self.rspamd, self.dovecot, self.postfix]
 
     def _say(self, msg):
         if self.verbose:
@@ -489,6 +924,7 @@ class MailStack:
         self._ensure_dirs()
         self._ensure_tls()
         self._ensure_users()
+        self._ensure_dkim()
         actions = []
         for svc in self.services:
             changed = svc.write_config()
@@ -499,7 +935,7 @@ class MailStack:
                 else:
                     actions.append("%s already running" % svc.name)
             else:
-                busy = [e for e in svc.endpoints() if e[0] == "tcp" and _tcp_open(e[1], e[2])]
+                busy = [e for e in svc.endpoints() if _endpoint_busy(e)]
                 if busy:
                     raise StackError("%s: port(s) %s already in use by something else"
                                      % (svc.name, ", ".join(str(e[2]) for e in busy)))
@@ -600,6 +1036,146 @@ class MailStack:
             os.chmod(self.tls_key, 0o600)
             os.chmod(self.tls_cert, 0o644)
             os.unlink(csr)
+
+    # ------------------------------------------------------------ DKIM keys
+    def _ensure_dkim(self):
+        gid = grp.getgrnam(RSPAMD_USER).gr_gid
+        _mkdir(self.dkim_dir, 0o750, 0, gid)
+        log = os.path.join(self.log_dir, "openssl.log")
+        new_signing_key = False
+        for key in (self.dkim_key, self.dkim_other_key):
+            if not os.path.exists(key):
+                self._say("generating %d-bit DKIM key %s" % (DKIM_BITS, key))
+                tmp = key + ".tmp"
+                _run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt",
+                      "rsa_keygen_bits:%d" % DKIM_BITS, "-out", tmp], log=log)
+                os.chmod(tmp, 0o640)
+                os.chown(tmp, 0, gid)
+                os.replace(tmp, key)
+                new_signing_key |= key == self.dkim_key
+            os.chmod(key, 0o640)       # rspamd workers run as _rspamd
+            os.chown(key, 0, gid)
+        if new_signing_key and os.path.exists(self.dnsmasq.records_file):
+            os.unlink(self.dnsmasq.records_file)   # published key must match the new one
+
+    def _public_txt(self, key):
+        cache = self.__dict__.setdefault("_pub_cache", {})
+        try:
+            st = os.stat(key)
+        except OSError:
+            raise StackError("no DKIM key %s yet: run 'up' first" % key)
+        ck = (key, st.st_mtime_ns, st.st_size)
+        if ck not in cache:
+            pem = _run(["openssl", "pkey", "-in", key, "-pubout"]).stdout
+            body = pem.split("-----BEGIN PUBLIC KEY-----", 1)[1].split("-----END", 1)[0]
+            cache[ck] = "v=DKIM1; k=rsa; p=" + "".join(body.split())
+        return cache[ck]
+
+    def dkim_public_txt(self):
+        """The correct TXT value for DKIM_NAME (s2026._domainkey.example.test)."""
+        return self._public_txt(self.dkim_key)
+
+    def dkim_other_public_txt(self):
+        """A valid DKIM TXT value for a different RSA key: publish it at
+        DKIM_NAME for the "wrong key" case (dkim=fail)."""
+        return self._public_txt(self.dkim_other_key)
+
+    # ------------------------------------------------------------------ DNS
+    KEEP = KEEP                 # set_dns(): leave this record as it is
+    DEFAULT = DEFAULT           # set_dns()/set_txt(): back to the default
+    DKIM_REVOKED = DKIM_REVOKED  # "v=DKIM1; p=" (revoked key)
+    SPF_NAME, DKIM_NAME, DMARC_NAME = SPF_NAME, DKIM_NAME, DMARC_NAME
+
+    def default_dns_records(self):
+        """{name: [TXT value, ...]} published after up/reset_dns()."""
+        return {SPF_NAME: [DEFAULT_SPF], DKIM_NAME: [self.dkim_public_txt()],
+                DMARC_NAME: [DEFAULT_DMARC]}
+
+    def dns_records(self):
+        """The TXT records dnsmasq publishes: {name: [value, ...]} (one
+        string per record; values over 255 bytes are served split into
+        several character-strings, which verifiers join)."""
+        try:
+            with open(self.dnsmasq.records_file) as fh:
+                return {k: list(v) for k, v in json.load(fh)["txt"].items()}
+        except (OSError, ValueError, KeyError):
+            return self.default_dns_records()
+
+    @staticmethod
+    def _dns_values(value, name):
+        if value is None:
+            return []
+        values = [value] if isinstance(value, str) else list(value)
+        for v in values:
+            if not isinstance(v, str) or any(not (0x20 <= ord(c) <= 0x7E) for c in v):
+                raise ValueError("TXT value for %s must be printable ASCII: %r" % (name, v))
+        return values
+
+    @staticmethod
+    def _dns_name(name):
+        n = name.strip().rstrip(".").lower()
+        if not n or any(not lab or len(lab) > 63 or
+                        any(c not in "abcdefghijklmnopqrstuvwxyz0123456789-_" for c in lab)
+                        for lab in n.split(".")):
+            raise ValueError("bad DNS name: %r" % name)
+        return n
+
+    def set_txt(self, name, value):
+        """Publish TXT at any name (the next message sees it).
+
+        value: a str (one record; split into <=255-byte strings as needed),
+        a list of str (several records at that name, e.g. two SPF records),
+        None (no TXT record at that name: NXDOMAIN unless it has others), or
+        MailStack.DEFAULT (the default record(s), if the name has any)."""
+        return self._update_dns({name: value})
+
+    def set_dns(self, spf=KEEP, dkim=KEEP, dmarc=KEEP):
+        """Change the SPF (example.test), DKIM (s2026._domainkey.example.test)
+        and DMARC (_dmarc.example.test) TXT records.  Each: a TXT string (or
+        a list for several records), None to remove it, MailStack.KEEP
+        (default) to leave it, MailStack.DEFAULT to restore it.  dnsmasq is
+        restarted and the new answers checked before this returns, so the
+        next message is verified against them (rspamd caches nothing)."""
+        return self._update_dns({SPF_NAME: spf, DKIM_NAME: dkim, DMARC_NAME: dmarc})
+
+    def reset_dns(self):
+        """Back to the default records (and nothing else)."""
+        return self._publish(self.default_dns_records())
+
+    def _update_dns(self, changes):
+        records = self.dns_records()
+        defaults = self.default_dns_records()
+        for name, value in changes.items():
+            if value is KEEP:
+                continue
+            n = self._dns_name(name)
+            values = defaults.get(n, []) if value is DEFAULT else self._dns_values(value, n)
+            if values:
+                records[n] = values
+            else:
+                records.pop(n, None)
+        return self._publish(records)
+
+    def _publish(self, records):
+        before = self.dns_records()
+        dm = self.dnsmasq
+        _mkdir(dm.conf_dir, 0o755)
+        _write(dm.records_file, json.dumps({"txt": records}, indent=1, sort_keys=True) + "\n")
+        if dm.write_config() and dm.is_running():
+            dm.reload()
+            for name in set(before) | set(records):
+                want = sorted(records.get(name, []))
+                rcode, got = dns_query(name, "TXT")
+                if sorted(got) != want:
+                    raise StackError("dnsmasq serves %s TXT %r (%s), expected %r"
+                                     % (name, got, rcode, want))
+        if os.path.exists(self.stack_json):
+            self.write_stack_json()
+        return dict(records)
+
+    def dns_query(self, name, qtype="TXT", tcp=False):
+        """(rcode, answers) from the stack's dnsmasq; see dns_query()."""
+        return dns_query(name, qtype, (HOST, DNS_PORT), tcp=tcp)
 
     # ------------------------------------------------------------- users
     @staticmethod
@@ -711,8 +1287,7 @@ class MailStack:
         for svc in self.services:
             eps = {}
             for e in svc.endpoints():
-                name = "%s:%d" % (e[1], e[2]) if e[0] == "tcp" else e[1]
-                eps[name] = _endpoint_open(e)
+                eps[_endpoint_name(e)] = _endpoint_open(e)
             st[svc.name] = {"running": svc.is_running(), "pid": svc.pid(), "endpoints": eps}
         return st
 
@@ -720,17 +1295,26 @@ class MailStack:
         return all(s["running"] and all(s["endpoints"].values())
                    for s in self.status().values())
 
-    def wait_ready(self, timeout=START_TIMEOUT):
-        deadline = time.monotonic() + timeout
-        pending = [(svc, e) for svc in self.services for e in svc.endpoints()]
+    def wait_ready(self, timeout=None, services=None):
+        """Wait for every endpoint; each service has its own budget
+        (svc.ready_timeout, e.g. 120 s for rspamd's first start) unless
+        timeout is given."""
+        t0 = time.monotonic()
+        pending = [(svc, e) for svc in (services or self.services) for e in svc.endpoints()]
         while pending:
             pending = [(svc, e) for svc, e in pending if not _endpoint_open(e)]
             if not pending:
                 break
-            if time.monotonic() > deadline:
-                svc, e = pending[0]
-                raise StackError("%s not ready: %s\n--- %s\n%s" % (
-                    svc.name, e, svc.log, _tail(svc.log) + _tail(svc.start_log)))
+            now = time.monotonic()
+            for svc, e in pending:
+                budget = svc.ready_timeout if timeout is None else timeout
+                if now - t0 > budget:
+                    raise StackError("%s not ready after %.0fs: %s\n--- %s\n%s" % (
+                        svc.name, budget, _endpoint_name(e), svc.log,
+                        _tail(svc.log) + _tail(svc.start_log)))
+                if now - t0 > 3 and not svc.is_running():
+                    raise StackError("%s died while starting\n--- %s\n%s" % (
+                        svc.name, svc.log, _tail(svc.log) + _tail(svc.start_log)))
             time.sleep(0.05)
 
     def __enter__(self):
@@ -759,7 +1343,18 @@ class MailStack:
             "postfix": self.postfix.info(),
             "dovecot": self.dovecot.info(),
             "faults": {"hold": "+hold", "tempfail": "+tempfail", "reject": "+reject",
-                       "tempfail_reply": HOLD_TEMPFAIL_REPLY, "reject_reply": REJECT_REPLY},
+                       "tempfail_reply": HOLD_TEMPFAIL_REPLY, "reject_reply": REJECT_REPLY,
+                       "forge": "+forge", "forged_header": FORGED_AUTH_RESULTS},
+            "dns": self.dnsmasq.info(),
+            "dkim": {"selector": DKIM_SELECTOR, "domain": DOMAIN, "name": DKIM_NAME,
+                     "private_key": self.dkim_key, "other_private_key": self.dkim_other_key,
+                     "public_txt": self.dkim_public_txt(),
+                     "other_public_txt": self.dkim_other_public_txt(),
+                     "revoked_txt": DKIM_REVOKED},
+            "spf": {"name": SPF_NAME, "default": DEFAULT_SPF},
+            "dmarc": {"name": DMARC_NAME, "default": DEFAULT_DMARC},
+            "rspamd": self.rspamd.info(),
+            "authserv_id": AUTHSERV_ID,
         }
 
     def write_stack_json(self):
@@ -772,7 +1367,12 @@ class MailStack:
         out = {"MAILSTACK_DIR": self.dir, "MAILSTACK_JSON": self.stack_json,
                "MAILSTACK_HOST": HOST, "MAILSTACK_TLS_HOSTNAME": TLS_HOSTNAME,
                "MAILSTACK_CA": self.ca, "MAILSTACK_DOMAIN": DOMAIN,
-               "MAILSTACK_POSTFIX_CONFIG_DIR": self.postfix.conf_dir}
+               "MAILSTACK_POSTFIX_CONFIG_DIR": self.postfix.conf_dir,
+               "MAILSTACK_NAMESERVER": "%s:%d" % (HOST, DNS_PORT),
+               "MAILSTACK_DNS_HOST": HOST, "MAILSTACK_DNS_PORT": str(DNS_PORT),
+               "MAILSTACK_AUTHSERV_ID": AUTHSERV_ID,
+               "MAILSTACK_DKIM_SELECTOR": DKIM_SELECTOR,
+               "MAILSTACK_RSPAMD_MILTER_PORT": str(RSPAMD_MILTER_PORT)}
         for k, v in i["ports"].items():
             out["MAILSTACK_%s_PORT" % k.upper()] = str(v)
         for u, d in i["users"].items():
@@ -954,6 +1554,20 @@ smtpd_sasl_type = dovecot
 smtpd_sasl_path = {auth_socket}
 smtpd_sasl_auth_enable = no
 
+# rspamd milter, set per service in master.cf (submission ports: DKIM
+# signing; MX port: SPF/DKIM/DMARC verification + Authentication-Results).
+# tempfail, not accept: with rspamd down, mail must not slip through
+# unsigned/unverified (a verdict test would then see "no header" instead of
+# the real fault); the client gets 451 4.7.1 and the relay retries.
+milter_protocol = 6
+milter_default_action = tempfail
+milter_connect_macros = j {{daemon_name}} {{daemon_addr}} v _ {{client_addr}} {{client_name}}
+milter_mail_macros = i {{auth_type}} {{auth_authen}} {{auth_author}} {{mail_addr}}
+    {{mail_host}} {{mail_mailer}} {{client_addr}} {{client_name}}
+milter_rcpt_macros = i {{rcpt_addr}} {{rcpt_host}} {{rcpt_mailer}}
+milter_end_of_data_macros = i {{auth_authen}}
+non_smtpd_milters =
+
 # default (inbound) policy; submission services override
 smtpd_relay_restrictions = reject_unauth_destination
 smtpd_recipient_restrictions =
@@ -970,6 +1584,7 @@ POSTFIX_MASTER_CF = """\
   -o smtpd_relay_restrictions=permit_sasl_authenticated,reject
   -o smtpd_recipient_restrictions=check_recipient_access,regexp:{recipient_access},permit_sasl_authenticated,reject
   -o content_filter=smtp:[{host}]:{mx_port}
+  -o smtpd_milters={milter}
 {host}:{subs_port} inet n     -       n       -       -       smtpd
   -o syslog_name=postfix/submissions
   -o smtpd_tls_wrappermode=yes
@@ -979,12 +1594,14 @@ POSTFIX_MASTER_CF = """\
   -o smtpd_relay_restrictions=permit_sasl_authenticated,reject
   -o smtpd_recipient_restrictions=check_recipient_access,regexp:{recipient_access},permit_sasl_authenticated,reject
   -o content_filter=smtp:[{host}]:{mx_port}
+  -o smtpd_milters={milter}
 {host}:{mx_port} inet n       -       n       -       -       smtpd
   -o syslog_name=postfix/mx
   -o myhostname={mx_hostname}
   -o smtpd_sasl_auth_enable=no
   -o smtpd_relay_restrictions=reject_unauth_destination
   -o smtpd_recipient_restrictions=
+  -o smtpd_milters={milter}
 pickup    unix  n       -       n       60      1       pickup
 cleanup   unix  n       -       n       -       0       cleanup
 qmgr      unix  n       -       n       300     1       qmgr
@@ -1009,12 +1626,198 @@ scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
 """
 
+DNSMASQ_CONF = """\
+# generated by tests/mailstack.py -- do not edit (see MailStack.set_dns/set_txt)
+# Authoritative answers for {domain} only; everything else NXDOMAIN; nothing
+# is forwarded.  dnsmasq must be RESTARTED to change txt-record lines
+# (SIGHUP does not re-read them).
+port={port}
+listen-address={host}
+bind-interfaces
+no-resolv
+no-hosts
+no-poll
+no-negcache
+local-ttl=0
+local=/#/
+pid-file={pidfile}
+log-facility={log}
+log-queries
+{hosts}mx-host={domain},{mx},10
+{txt}"""
+
+# {{ }} are literal braces for str.format
+RSPAMD_CONF = """\
+# generated by tests/mailstack.py -- do not edit
+# The packaged rules and modules (common.conf) with our local.d/override.d:
+# rspamd is started with --var LOCAL_CONFDIR/DBDIR/RUNDIR/LOGDIR pointing
+# into the stack directory.  Only our own workers, on loopback.
+.include "$CONFDIR/common.conf"
+
+options {{
+    pidfile = "{pidfile}";
+    .include "$CONFDIR/options.inc"
+    .include(try=true; priority=1,duplicate=merge) "$LOCAL_CONFDIR/local.d/options.inc"
+    .include(try=true; priority=10) "$LOCAL_CONFDIR/override.d/options.inc"
+}}
+
+logging {{
+    type = "file";
+    filename = "{log}";
+    .include "$CONFDIR/logging.inc"
+    .include(try=true; priority=1,duplicate=merge) "$LOCAL_CONFDIR/local.d/logging.inc"
+    .include(try=true; priority=10) "$LOCAL_CONFDIR/override.d/logging.inc"
+}}
+
+# Milter for Postfix.  self_scan (scan in this process, no "normal" worker)
+# is a property of the DEFAULT UPSTREAM: at worker level it is ignored and
+# every message fails with "cannot find upstream for default" (-> 451).
+worker "rspamd_proxy" {{
+    bind_socket = "{host}:{milter_port}";
+    milter = yes;
+    upstream "local" {{
+        default = yes;
+        self_scan = yes;
+    }}
+    timeout = 120s;
+    count = 1;
+    max_retries = 5;
+    discard_on_reject = false;
+    quarantine_on_reject = false;
+    spam_header = "X-Spam";
+    reject_message = "Spam message rejected";
+}}
+
+# HTTP controller (rspamc -h {host}:{controller_port} stat); loopback only.
+worker "controller" {{
+    bind_socket = "{host}:{controller_port}";
+    count = 1;
+    secure_ip = "{host}";
+    static_dir = "${{WWWDIR}}";
+}}
+"""
+
+RSPAMD_OPTIONS = """\
+# generated by tests/mailstack.py -- priority 10: replaces the packaged values
+# Loopback is "local" to rspamd whatever local_addrs says: the spf, dkim and
+# dmarc modules get check_local = true instead (local.d/<module>.conf).
+local_addrs = [];
+# packaged list minus fuzzy_check (wants rspamd.com)
+filters = "chartable,dkim,regexp";
+dns {{
+    nameserver = ["{host}:{dns_port}"];
+    timeout = 1s;
+    sockets = 4;
+    retransmits = 3;
+}}
+control_socket = "{run_dir}/rspamd.sock mode=0600";
+"""
+
+RSPAMD_ACTIONS = """\
+# generated by tests/mailstack.py
+# Verdict tests need every probe delivered whatever its score: no reject,
+# no soft reject (greylist), no X-Spam header, no subject rewrite.
+reject = null;
+add_header = null;
+greylist = null;
+rewrite_subject = null;
+"""
+
+RSPAMD_SPF = """\
+# generated by tests/mailstack.py
+check_local = true;     # the MX sees the relay from 127.0.0.1 (always "local")
+check_authed = false;   # nothing to check on the authenticated submission pass
+spf_cache_size = 0;     # no cache: a DNS change applies to the next message
+min_cache_ttl = 0s;
+# RFC 7208 4.6.4: at most 10 DNS-querying terms.  rspamd compares BEFORE
+# counting the new one, so 9 lets exactly 10 through (its default, 30, lets
+# ~31); the 11th include is not looked up and the result is spf=fail, not
+# permerror (rspamd logs "spf dns requests limit: 10 > 9 is reached").
+max_dns_requests = 9;
+max_dns_nesting = 10;
+"""
+
+RSPAMD_DKIM = """\
+# generated by tests/mailstack.py
+check_local = true;
+check_authed = false;
+dkim_cache_size = 0;    # no key cache: a DNS change applies to the next message
+"""
+
+RSPAMD_DMARC = """\
+# generated by tests/mailstack.py
+# Verdicts only: no "actions" section, so p=quarantine/reject is never enforced.
+check_local = true;
+check_authed = false;
+reporting {{
+    enabled = false;
+}}
+"""
+
+RSPAMD_DKIM_SIGNING = """\
+# generated by tests/mailstack.py
+# Sign authenticated submissions from {domain} only, never the inbound pass
+# (which comes from 127.0.0.1: "local" to rspamd, hence sign_local = false).
+enabled = true;
+sign_authenticated = true;
+sign_local = false;
+sign_inbound = false;
+use_domain = "header";
+use_esld = false;
+use_redis = false;
+try_fallback = false;
+selector = "{selector}";
+domain {{
+    {domain} {{
+        selectors [
+            {{
+                path = "{dkim_key}";
+                selector = "{selector}";
+            }}
+        ]
+    }}
+}}
+"""
+
+RSPAMD_ARC = """\
+# generated by tests/mailstack.py -- nothing is ARC-signed (no ARC keys here)
+sign_authenticated = false;
+sign_local = false;
+sign_inbound = false;
+"""
+
+RSPAMD_MILTER_HEADERS = """\
+# generated by tests/mailstack.py
+# One Authentication-Results header, from the inbound MX pass only
+# (skip_authenticated: the submission pass adds none).
+use = ["authentication-results"];
+skip_local = false;
+skip_authenticated = true;
+remove_upstream_spam_flag = false;
+routines {{
+    authentication-results {{
+        header = "Authentication-Results";
+        # Keep foreign Authentication-Results headers (the packaged default,
+        # remove = 0, deletes ALL of them): tests forge one in a submitted
+        # message and check the plugin ignores it below the receiver's own.
+        remove = false;
+        add_smtp_user = false;
+    }}
+}}
+"""
+
+RSPAMD_DISABLED = """\
+# generated by tests/mailstack.py -- wants the internet or Redis
+enabled = false;
+"""
+
 # regexp tables are case-insensitive by default
 RECIPIENT_ACCESS_MAP = """\
 # generated by tests/mailstack.py -- fault knobs by recipient local part
 /^[^@]*\\+hold([-._][^@]*)?@/         HOLD held by mailstack fault knob
 /^[^@]*\\+tempfail([-._][^@]*)?@/     {tempfail}
 /^[^@]*\\+reject([-._][^@]*)?@/       {reject}
+/^[^@]*\\+forge([-._][^@]*)?@/        PREPEND {forged}
 """
 
 
@@ -1031,6 +1834,9 @@ def _summary(stack):
         "  imap        %s:%d STARTTLS   imaps       %s:%d TLS"
         % (HOST, p["imap"], HOST, p["imaps"]),
         "  TLS: verify as %r with CA %s" % (TLS_HOSTNAME, stack.ca),
+        "  dns         %s:%d (dnsmasq)     rspamd milter %s:%d  authserv-id %s"
+        % (HOST, DNS_PORT, HOST, RSPAMD_MILTER_PORT, AUTHSERV_ID),
+        "  DKIM: d=%s s=%s key %s" % (DOMAIN, DKIM_SELECTOR, stack.dkim_key),
     ]
     for u, d in i["users"].items():
         lines.append("  user %-20s password file %s" % (d["address"], d["password_file"]))
