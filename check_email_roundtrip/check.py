@@ -206,7 +206,7 @@ class ProbeSummary(nagiosplugin.Summary):
         if outcome is not None and outcome.auth is not None:
             lines += [str(results[f"auth_{method}"]) for method in outcome.auth.verdicts if f"auth_{method}" in results]
         if outcome is not None and outcome.dns is not None:
-            lines += [f"DNS: {finding}" for finding in outcome.dns.findings]
+            lines += [str(finding) for finding in outcome.dns.findings]
         problems = [result for result in results if result.state != Ok]
         if len(problems) > 1:
             lines += [str(result) for result in problems

@@ -28,8 +28,10 @@ NOT_EVALUATED = "missing"
 _HIDDEN_PROPERTIES = {("header", "b")}
 # "dmarc=fail (p=QUARANTINE sp=NONE dis=NONE)" (Gmail, OpenDMARC) or
 # "(policy=quarantine)" (rspamd): authres drops comments, the policy is in one.
-_DMARC_POLICY = re.compile(r"\bdmarc\s*=\s*[a-z]+\s*\(([^)]*)\)", re.I)
 _POLICY_IN_COMMENT = re.compile(r"\b(?:p|policy)\s*=\s*([a-z]+)", re.I)
+_COMMENT = re.compile(r"\(([^()]*)\)")
+# Longest receiver comment shown with a non-pass verdict.
+_MAX_COMMENT = 120
 # Where receivers say which address the mail came from: rspamd and Gmail in
 # the SPF comment, Microsoft 365 as "sender IP is", others as smtp.remote-ip.
 _SENDER_IP = (
@@ -101,18 +103,33 @@ def _parse(value: str):
         raise MalformedHeader(" ".join(str(exc).split())[:160] or exc.__class__.__name__) from None
 
 
+def _comments(raw_value: str, method: str, result: str) -> List[str]:
+    """The comments in one method's part of the raw header (authres drops them)."""
+    segment = re.search(r"(?:^|;)\s*" + re.escape(method) + r"\s*=\s*" + re.escape(result) + r"\b([^;]*)",
+                        raw_value, re.I)
+    return [" ".join(text.split()) for text in _COMMENT.findall(segment.group(1))] if segment else []
+
+
 def _details(result, raw_value: str) -> List[str]:
     details = []
+    comments = _comments(raw_value, result.method, result.result or "")
     if result.method == "dmarc":
-        comment = _DMARC_POLICY.search(raw_value)
-        policy = _POLICY_IN_COMMENT.search(comment.group(1)) if comment else None
+        policies = [_POLICY_IN_COMMENT.search(comment) for comment in comments]
+        policy = next((match.group(1).lower() for match in policies if match), None)
         if policy:
-            details.append(f"p={policy.group(1).lower()}")
+            details.append(f"p={policy}")
+            comments = []  # the policy was the comment's news
+    if (result.result or "").lower() == "pass":
+        comments = []
     if getattr(result, "reason", None):
         details.append(f'reason="{result.reason}"')
     for prop in result.properties:
         if (prop.type, prop.name) not in _HIDDEN_PROPERTIES and prop.value is not None:
             details.append(f"{prop.type}.{prop.name}={prop.value}")
+    if comments:
+        # for a non-pass verdict the receiver's comment is often the cause:
+        # rspamd's ("invalid DKIM record"), "does not designate 127.0.0.1"
+        details.append('"' + comments[0].strip('"')[:_MAX_COMMENT] + '"')
     return details
 
 
@@ -121,6 +138,20 @@ def _best(first: Optional[Verdict], second: Verdict) -> Verdict:
     if first is None or (second.passed and not first.passed):
         return second
     return first
+
+
+def _why_ignored(parsed, trusted, authserv_id: Optional[str]) -> str:
+    if authserv_id is not None:
+        return f"authserv-id is not {authserv_id}"
+    if not trusted or parsed.authserv_id != trusted[0][1].authserv_id:
+        return "not the topmost"
+    # Same authserv-id as the topmost header.  Methods the topmost one already
+    # reports, said again below it: what a forger's header looks like.  Only
+    # other methods: a receiver writing one header per method.
+    seen = {result.method for result in trusted[0][1].results}
+    if seen & {result.method for result in parsed.results}:
+        return "not the topmost; repeats the receiver's methods: possibly forged"
+    return f"not the topmost; if the receiver writes one header per method, --authserv-id {parsed.authserv_id} trusts them all"
 
 
 def _sender_ip(raw_headers: List[str]) -> Optional[str]:
@@ -153,8 +184,8 @@ def read_verdicts(header_block: bytes, authserv_id: Optional[str] = None) -> Aut
         if (wanted is None and position == 0) or (wanted is not None and header_id == wanted):
             trusted.append((raw, parsed))
         else:
-            why = "not the topmost" if wanted is None else f"authserv-id is not {authserv_id}"
-            ignored.append(f"header {position + 1} from {header_id or '(no authserv-id)'} ({why})")
+            ignored.append(f"header {position + 1} from {header_id or '(no authserv-id)'} "
+                           f"({_why_ignored(parsed, trusted, authserv_id)})")
 
     verdicts: Dict[str, Verdict] = {}
     for raw, parsed in trusted:
@@ -164,10 +195,6 @@ def read_verdicts(header_block: bytes, authserv_id: Optional[str] = None) -> Aut
                 verdict = Verdict(method, (result.result or "").lower(), _details(result, raw))
                 verdicts[method] = _best(verdicts.get(method), verdict)
     trusted_id = trusted[0][1].authserv_id if trusted else None
-    if wanted is None and trusted_id:
-        hint = f"from {trusted_id} (not the topmost)"
-        ignored = [f"{text[:-1]}; --authserv-id {trusted_id} would trust it)" if hint in text else text
-                   for text in ignored]
     return AuthVerdicts(
         authserv_id=trusted_id,
         verdicts={method: verdicts.get(method) or Verdict(method, NOT_EVALUATED) for method in METHODS},

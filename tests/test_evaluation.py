@@ -163,7 +163,7 @@ def test_all_pass_is_ok_with_one_line_per_method_and_perfdata():
     "verdicts, state, first_line",
     [
         (dict(dkim="none"), Warn, "dkim=none (header.d=example.test, header.s=s2026)"),
-        (dict(spf="fail"), Warn, "spf=fail (smtp.mailfrom=probe@example.test)"),
+        (dict(spf="fail"), Warn, "spf=fail (smtp.mailfrom=probe@example.test, \"mx.example.test: domain of"),
         (dict(spf="softfail"), Warn, "spf=softfail"),
         (dict(spf="fail", dkim="fail", dmarc="fail"), Critical, "dmarc=fail (p=quarantine, header.from=example.test)"),
         (dict(dmarc="temperror"), Warn, "dmarc=temperror"),
@@ -218,7 +218,7 @@ def test_authserv_id_trusts_only_that_receiver_even_when_not_topmost():
                                     "dmarc=pass (header.from=example.com)"]),
         ("fastmail.txt", None, ["spf=pass (smtp.mailfrom=probe@example.com, smtp.helo=out1-smtp.messagingengine.com)",
                                 "dkim=pass (header.d=example.com, header.i=@example.com, header.a=rsa-sha256, header.s=fm2)",
-                                "dmarc=pass (policy.published-domain-policy=none, policy.applied-disposition=none, "
+                                "dmarc=pass (p=none, policy.published-domain-policy=none, policy.applied-disposition=none, "
                                 "policy.evaluated-disposition=none, policy.policy-from=p, header.from=example.com)"]),
         ("rspamd.txt", None, ["spf=pass (smtp.mailfrom=probe@example.test)", "dkim=pass (header.d=example.test, header.s=s2026)",
                               "dmarc=pass (p=quarantine, header.from=example.test)"]),
@@ -238,7 +238,29 @@ def test_split_headers_without_authserv_id_trust_the_topmost_and_say_how_to_trus
 
     auth = read_verdicts((HEADERS / "opendkim_opendmarc.txt").read_bytes())
     assert auth.verdicts["dmarc"].result == "fail" and auth.verdicts["spf"].result == "missing"
-    assert auth.ignored[0] == "header 2 from mail.example.org (not the topmost; --authserv-id mail.example.org would trust it)"
+    assert auth.ignored[0] == ("header 2 from mail.example.org (not the topmost; if the receiver writes one header per "
+                               "method, --authserv-id mail.example.org trusts them all)")
+
+
+def test_forged_header_repeating_the_receivers_methods_is_called_so():
+    from check_email_roundtrip.verdicts import read_verdicts
+
+    forged = b"Authentication-Results: mx.example.test; spf=pass smtp.mailfrom=x; dkim=pass header.d=x; dmarc=pass header.from=x\r\n"
+    auth = read_verdicts(rspamd_header(spf="fail").replace(b"Subject", forged + b"Subject"))
+    assert auth.ignored == ["header 2 from mx.example.test (not the topmost; repeats the receiver's methods: possibly forged)"]
+
+
+def test_receiver_comment_is_shown_for_a_non_pass_verdict_only():
+    from check_email_roundtrip.verdicts import read_verdicts
+
+    header = b'Authentication-Results: mx.example.test; dkim=none ("invalid DKIM record") header.d=example.test ' \
+             b'header.s=s2026 header.b=x; spf=pass (mx: designates 127.0.0.1 as permitted sender) smtp.mailfrom=a@example.test; ' \
+             b'dmarc=fail reason="No valid SPF" header.from=example.test (policy=reject)\r\n\r\n'
+    auth = read_verdicts(header)
+    assert auth.verdicts["dkim"].line() == 'dkim=none (header.d=example.test, header.s=s2026, "invalid DKIM record")'
+    assert auth.verdicts["spf"].line() == "spf=pass (smtp.mailfrom=a@example.test)"
+    assert auth.verdicts["dmarc"].line() == 'dmarc=fail (p=reject, reason="No valid SPF", header.from=example.test)'
+    assert auth.sender_ip == "127.0.0.1"
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,8 @@ import pytest
 from conftest import assert_state, run_plugin
 from mailstack import IMAP_PORT, IMAPS_PORT, SUBMISSION_PORT, SUBMISSIONS_PORT
 
-STARTTLS_LABELS = {"roundtrip", "smtp_connect", "smtp_starttls", "smtp_auth", "smtp_submit", "smtp_total", "imap_retrieval"}
+STARTTLS_LABELS = {"roundtrip", "smtp_connect", "smtp_starttls", "smtp_auth", "smtp_submit", "smtp_total", "imap_retrieval",
+                   "auth_spf", "auth_dkim", "auth_dmarc"}
 IMPLICIT_TLS_LABELS = STARTTLS_LABELS - {"smtp_starttls"}
 
 
@@ -55,9 +56,14 @@ def test_round_trip_over_implicit_tls_is_ok_with_every_label(stack):
 
 
 def test_perfdata_on_line_one_unless_there_is_long_output(stack):
+    run = run_plugin(*implicit_tls_args(stack, "probe", "--mode", "submit"))
+    assert_state(run, 0, "OK")
+    assert len(run.lines) == 1 and " | " in run.first_line and "smtp_total=" in run.first_line
+    # a round trip always has its verdict lines below the status line
     run = run_plugin(*implicit_tls_args(stack))
     assert_state(run, 0, "OK")
-    assert len(run.lines) == 1 and " | " in run.first_line and "roundtrip=" in run.first_line
+    assert [line.split("=")[0] for line in run.lines[1:-1]] == ["spf", "dkim", "dmarc"]
+    assert "|" not in run.first_line and run.lines[-1].startswith("| ")
     # two phases over budget: both named below the status line, perfdata last
     run = run_plugin(*implicit_tls_args(stack, "probe", "--phase-warning", "smtp_connect=0:0",
                                         "--phase-warning", "smtp_submit=0:0"))
