@@ -37,8 +37,11 @@ PERFDATA: Dict[str, str] = {
     "auth_dmarc": "the receiver's DMARC verdict: 1 pass, 0 not pass",
     "auth_arc": "the receiver's ARC verdict, when it evaluated ARC: 1 pass, 0 not pass",
     "dns_findings": "number of DNS findings (--dns-checks)",
+    # poll mode
+    "age": "poll mode: seconds since the newest matching message arrived (its INTERNALDATE)",
+    "matches": "poll mode: matching messages received within --window",
 }
-SECONDS_LABELS = ("roundtrip", "smtp_connect", "smtp_starttls", "smtp_auth", "smtp_submit", "smtp_total", "imap_retrieval")
+SECONDS_LABELS = ("roundtrip", "smtp_connect", "smtp_starttls", "smtp_auth", "smtp_submit", "smtp_total", "imap_retrieval", "age")
 
 # Budgets well-run pipelines meet; exceeding one is WARNING by default.
 DEFAULT_PHASE_WARNING: Dict[str, str] = {
@@ -48,7 +51,7 @@ DEFAULT_PHASE_WARNING: Dict[str, str] = {
     "smtp_submit": "3",
     "imap_retrieval": "3",
 }
-PHASE_LABELS = tuple(label for label in SECONDS_LABELS if label not in ("roundtrip", "smtp_total"))
+PHASE_LABELS = tuple(label for label in SECONDS_LABELS if label not in ("roundtrip", "smtp_total", "age"))
 # nagiosplugin state for each policy word; "ignore" reports without effect
 _STATE = {"ok": Ok, "warning": Warn, "critical": Critical, "ignore": Ok}
 
@@ -82,6 +85,12 @@ class ProbeResource(nagiosplugin.Resource):
             yield nagiosplugin.Metric("delivery", outcome.not_delivered_within, context="delivery")
         if outcome.auth is not None:
             yield from verdict_metrics(outcome.auth)
+        if outcome.poll is not None:
+            yield nagiosplugin.Metric("matches", outcome.poll.matches, min=0, context="matches")
+            if outcome.poll.newest_age is None:
+                yield nagiosplugin.Metric("no_match", outcome.poll, context="no_match")
+            else:
+                yield nagiosplugin.Metric("age", _seconds(outcome.poll.newest_age), uom="s", min=0, context="age")
         if outcome.dns is not None:
             for number, finding in enumerate(outcome.dns.findings, 1):
                 yield nagiosplugin.Metric(f"dns_finding_{number}", finding, context="dns_finding")
@@ -121,6 +130,18 @@ class FailureContext(nagiosplugin.Context):
 
     def evaluate(self, metric, resource):
         return nagiosplugin.Result(Critical, str(metric.value), metric)
+
+
+class NoMatchContext(nagiosplugin.Context):
+    """Poll mode: nothing matching within the window is CRITICAL."""
+
+    def __init__(self, settings: Settings):
+        super().__init__("no_match")
+        self.settings = settings
+
+    def evaluate(self, metric, resource):
+        since = metric.value.since.strftime("%Y-%m-%d %H:%M:%S UTC")
+        return nagiosplugin.Result(Critical, f"no message matching {self.settings.poll.describe()} since {since}", metric)
 
 
 class TimeoutContext(nagiosplugin.Context):
@@ -193,6 +214,9 @@ class ProbeSummary(nagiosplugin.Summary):
         queued = f", queued as {outcome.receipt.queue_id}" if outcome.receipt and outcome.receipt.queue_id else ""
         if self.settings.mode is Mode.SUBMIT:
             return f"submitted in {outcome.submission.total:.3f} s{queued}{self._suffix()}"
+        if self.settings.mode is Mode.POLL:
+            return (f"newest message matching {self.settings.poll.describe()} arrived {outcome.poll.newest_age:.0f} s ago "
+                    f"({outcome.poll.matches} in the window){self._suffix()}")
         return f"round trip {outcome.roundtrip:.3f} s ({self.settings.imap_folder}{queued}){self._suffix()}"
 
     def problem(self, results) -> str:
@@ -233,7 +257,7 @@ class ProbeCheck(nagiosplugin.Check):
 
 
 def build_check(settings: Settings, run: Callable[[Settings, Deadline], ProbeOutcome]) -> nagiosplugin.Check:
-    headline = "roundtrip" if settings.mode is Mode.ROUNDTRIP else "smtp_total"
+    headline = {Mode.ROUNDTRIP: "roundtrip", Mode.SUBMIT: "smtp_total", Mode.POLL: "age"}[settings.mode]
     contexts = [
         FailureContext("failure"),
         TimeoutContext("timeout"),
@@ -244,6 +268,8 @@ def build_check(settings: Settings, run: Callable[[Settings, Deadline], ProbeOut
         AuthHeaderContext(settings.auth_policy),
         DnsFindingContext(settings.dns_finding_state),
         nagiosplugin.ScalarContext("dns_findings"),
+        nagiosplugin.ScalarContext("matches"),
+        NoMatchContext(settings),
     ]
     for label in SECONDS_LABELS:
         if label == headline:

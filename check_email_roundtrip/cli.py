@@ -12,7 +12,7 @@ import socket
 import ssl
 import sys
 import traceback
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import nagiosplugin
 
@@ -20,8 +20,8 @@ from . import __version__
 from .check import CHECK_NAME, DEFAULT_PHASE_WARNING, PHASE_LABELS, build_check
 from .net import make_ssl_context
 from .policy import AuthPolicy, parse_policy_rule
-from .probe import TRACE, log, run_roundtrip, run_submit
-from .settings import Endpoint, Mode, Secret, Security, Settings
+from .probe import TRACE, log, run_poll, run_roundtrip, run_submit
+from .settings import Endpoint, Mode, PollCriteria, Secret, Security, Settings
 
 UNKNOWN = 3
 SMTP_PASSWORD_ENV = "CHECK_EMAIL_ROUNDTRIP_SMTP_PASSWORD"
@@ -30,7 +30,17 @@ IMAP_PASSWORD_ENV = "CHECK_EMAIL_ROUNDTRIP_IMAP_PASSWORD"
 # Ports and the security each implies when only one of the two is given.
 SMTP_DEFAULT_PORT = {Security.TLS: 465, Security.STARTTLS: 587, Security.NONE: 25}
 IMAP_DEFAULT_PORT = {Security.TLS: 993, Security.STARTTLS: 143, Security.NONE: 143}
-IMPLICIT_TLS_PORTS = {465, 993}
+# With a port and no --*-security: the port's well-known protocol, and for
+# any other port the protocol's usual one: STARTTLS for SMTP (submission on
+# 2525 and the like), implicit TLS for IMAP (IMAPS is what clients use; 143
+# is the STARTTLS port).
+SMTP_IMPLICIT_TLS_PORTS = {465}
+IMAP_STARTTLS_PORTS = {143}
+
+DEFAULT_WARNING = "60"
+DEFAULT_CRITICAL = "300"
+# poll mode: a daily report, and an hour of slack
+DEFAULT_WINDOW = 90000.0
 
 # --wait defaults to this much past the end of the critical range, so that a
 # message arriving just after the critical threshold is still reported with
@@ -104,6 +114,13 @@ def _nameserver(text: str):
         raise argparse.ArgumentTypeError(f"expected IP[:PORT] or [IPv6]:PORT: {text!r}") from None
 
 
+def _header_criterion(text: str) -> Tuple[str, str]:
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip() or " " in name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME:VALUE: {text!r}")
+    return name.strip(), value.strip()
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -132,9 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
         f"ps would show them.  Exit codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.",
     )
     add = parser.add_argument
-    add("--mode", type=_choice(Mode), metavar="{submit,roundtrip}", default=Mode.ROUNDTRIP,
+    add("--mode", type=_choice(Mode), metavar="{roundtrip,submit,poll}", default=Mode.ROUNDTRIP,
         help="roundtrip (default): submit, then wait for the message in IMAP; "
-        "submit: the SMTP transaction only")
+        "submit: the SMTP transaction only; poll: assert that mail somebody else sends arrived")
     servers = parser.add_argument_group("servers")
     add = servers.add_argument
     add("-H", "--hostname", metavar="HOST", help="host name of both servers (SMTP and IMAP)")
@@ -147,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--imap-host", metavar="HOST", help="IMAP server (default: --hostname, else --smtp-host)")
     add("--imap-port", type=_port, metavar="PORT", help="IMAP port (default: 993 for tls, 143 for starttls/none)")
     add("--imap-security", type=_choice(Security), metavar="{tls,starttls,none}",
-        help="tls (implicit), starttls or none (default: tls on port 993 or when no port is given, else starttls)")
+        help="tls (implicit), starttls or none (default: starttls on port 143, else tls)")
     add("--helo", dest="helo_name", metavar="NAME", help="name to send in EHLO (default: this machine's host name)")
 
     tls = parser.add_argument_group("TLS")
@@ -169,10 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     limits = parser.add_argument_group("thresholds and time")
     add = limits.add_argument
-    add("-w", "--warning", type=_range, default=_range("60"), metavar="RANGE",
-        help="Nagios range for the round trip in seconds (submit mode: the whole SMTP session); default 60")
-    add("-c", "--critical", type=_range, default=_range("300"), metavar="RANGE",
-        help="Nagios range for the round trip in seconds (submit mode: the whole SMTP session); default 300")
+    add("-w", "--warning", type=_range, metavar="RANGE",
+        help=f"Nagios range for the round trip in seconds (submit mode: the whole SMTP session; poll mode: "
+        f"the age of the newest match, no default); default {DEFAULT_WARNING}")
+    add("-c", "--critical", type=_range, metavar="RANGE",
+        help=f"Nagios range for the round trip in seconds (submit mode: the whole SMTP session; poll mode: "
+        f"the age of the newest match, no default); default {DEFAULT_CRITICAL}")
     defaults = ", ".join(f"{label}={spec}" for label, spec in DEFAULT_PHASE_WARNING.items())
     add("--phase-warning", type=_phase_threshold, action="append", default=[], metavar="LABEL=RANGE",
         help=f"warning range for one phase, repeatable (defaults: {defaults})")
@@ -183,6 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
     add("-t", "--timeout", type=_positive_seconds, metavar="SECONDS",
         help=f"seconds for the whole run (default: --wait + {TIMEOUT_PAST_WAIT:g}); when reached the "
         "plugin exits UNKNOWN naming the stage")
+
+    poll = parser.add_argument_group("poll mode: mail somebody else sends")
+    add = poll.add_argument
+    add("--subject", metavar="TEXT", help="match messages whose Subject contains TEXT")
+    add("--sender", metavar="TEXT", help="match messages whose From contains TEXT")
+    add("--header", metavar="NAME:VALUE", type=_header_criterion, action="append",
+        help="match messages with header NAME containing VALUE, repeatable")
+    add("--window", type=_positive_seconds, metavar="SECONDS",
+        help=f"look at messages received in the last SECONDS (default {DEFAULT_WINDOW:g}: a daily report and an hour)")
 
     verdicts = parser.add_argument_group("receiver's verdicts and DNS checks (roundtrip mode)")
     add = verdicts.add_argument
@@ -222,12 +250,9 @@ def _read_password(path: Optional[str], env_name: str, what: str) -> Optional[Se
     return Secret(value) if value else None
 
 
-def _endpoint(host, port, security, default_ports, implicit_default, user, password) -> Endpoint:
+def _endpoint(host, port, security, default_ports, default_security, user, password) -> Endpoint:
     if security is None:
-        if port is None:
-            security = implicit_default
-        else:
-            security = Security.TLS if port in IMPLICIT_TLS_PORTS else Security.STARTTLS
+        security = default_security(port)
     if port is None:
         port = default_ports[security]
     return Endpoint(host=host, port=port, security=security, user=user, password=password)
@@ -254,33 +279,47 @@ def parse_settings(argv: Optional[Sequence[str]] = None, environ=None) -> Settin
     args = build_parser().parse_args(argv)
     environ = os.environ if environ is None else environ
 
-    smtp_host = args.smtp_host or args.hostname
-    if not smtp_host:
-        raise UsageError("no SMTP server: give -H/--hostname or --smtp-host")
     smtp_password = _read_password(args.smtp_password_file, SMTP_PASSWORD_ENV, "SMTP")
-    if args.smtp_user and smtp_password is None:
-        raise UsageError(f"--smtp-user needs a password: --smtp-password-file or ${SMTP_PASSWORD_ENV}")
-    smtp = _endpoint(smtp_host, args.smtp_port, args.smtp_security, SMTP_DEFAULT_PORT, Security.STARTTLS,
-                     args.smtp_user, smtp_password)
-
-    envelope_from = args.envelope_from or (args.smtp_user if args.smtp_user and "@" in args.smtp_user else None)
-    if not envelope_from:
-        raise UsageError("no sender: give --from (or an --smtp-user that is an address)")
-    recipient = args.recipient or envelope_from
+    smtp = envelope_from = recipient = None
+    if args.mode in (Mode.SUBMIT, Mode.ROUNDTRIP):
+        smtp_host = args.smtp_host or args.hostname
+        if not smtp_host:
+            raise UsageError("no SMTP server: give -H/--hostname or --smtp-host")
+        if args.smtp_user and smtp_password is None:
+            raise UsageError(f"--smtp-user needs a password: --smtp-password-file or ${SMTP_PASSWORD_ENV}")
+        smtp = _endpoint(smtp_host, args.smtp_port, args.smtp_security, SMTP_DEFAULT_PORT,
+                         lambda port: Security.TLS if port in SMTP_IMPLICIT_TLS_PORTS else Security.STARTTLS,
+                         args.smtp_user, smtp_password)
+        envelope_from = args.envelope_from or (args.smtp_user if args.smtp_user and "@" in args.smtp_user else None)
+        if not envelope_from:
+            raise UsageError("no sender: give --from (or an --smtp-user that is an address)")
+        recipient = args.recipient or envelope_from
 
     imap = None
-    if args.mode is Mode.ROUNDTRIP:
+    if args.mode in (Mode.ROUNDTRIP, Mode.POLL):
         imap_host = args.imap_host or args.hostname or args.smtp_host
+        if not imap_host:
+            raise UsageError("no IMAP server: give -H/--hostname or --imap-host")
         imap_user = args.imap_user or args.smtp_user
         if not imap_user:
-            raise UsageError("roundtrip mode needs an IMAP login: give --imap-user (or --smtp-user)")
+            raise UsageError(f"{args.mode} mode needs an IMAP login: give --imap-user (or --smtp-user)")
         imap_password = _read_password(args.imap_password_file, IMAP_PASSWORD_ENV, "IMAP")
         if imap_password is None and imap_user == args.smtp_user:
             imap_password = smtp_password
         if imap_password is None:
             raise UsageError(f"--imap-user needs a password: --imap-password-file or ${IMAP_PASSWORD_ENV}")
-        imap = _endpoint(imap_host, args.imap_port, args.imap_security, IMAP_DEFAULT_PORT, Security.TLS,
+        imap = _endpoint(imap_host, args.imap_port, args.imap_security, IMAP_DEFAULT_PORT,
+                         lambda port: Security.STARTTLS if port in IMAP_STARTTLS_PORTS else Security.TLS,
                          imap_user, imap_password)
+
+    criteria = (args.subject, args.sender, args.header)
+    if args.mode is Mode.POLL and not any(criteria):
+        raise UsageError("poll mode needs at least one of --subject, --sender, --header")
+    if args.mode is not Mode.POLL and any(criteria + (args.window,)):
+        raise UsageError("--subject, --sender, --header and --window are for --mode poll")
+    for value in (args.subject, args.sender) + tuple(part for pair in args.header or () for part in pair):
+        if value is not None and not value.isascii():
+            raise UsageError(f"poll criteria must be ASCII: {value!r}")
 
     phase_thresholds = {label: [_range(spec), _range("")] for label, spec in DEFAULT_PHASE_WARNING.items()}
     for label, spec in args.phase_warning:
@@ -293,7 +332,16 @@ def parse_settings(argv: Optional[Sequence[str]] = None, environ=None) -> Settin
     if args.nameserver and not args.dns_checks:
         raise UsageError("--nameserver is used by --dns-checks only")
 
-    wait = args.wait if args.wait is not None else _critical_end(args.critical, args.warning) + WAIT_PAST_CRITICAL
+    if args.mode is Mode.POLL:
+        # thresholds are on the age of the newest match: none unless given;
+        # "nothing in the window" is CRITICAL on its own
+        warning = args.warning if args.warning is not None else _range("")
+        critical = args.critical if args.critical is not None else _range("")
+        wait = 0.0
+    else:
+        warning = args.warning if args.warning is not None else _range(DEFAULT_WARNING)
+        critical = args.critical if args.critical is not None else _range(DEFAULT_CRITICAL)
+        wait = args.wait if args.wait is not None else _critical_end(critical, warning) + WAIT_PAST_CRITICAL
     timeout = args.timeout if args.timeout is not None else wait + TIMEOUT_PAST_WAIT
     return Settings(
         mode=args.mode,
@@ -305,8 +353,8 @@ def parse_settings(argv: Optional[Sequence[str]] = None, environ=None) -> Settin
         helo_name=args.helo_name or socket.gethostname(),
         tls_context=_tls_context(args.ca_file, args.insecure),
         insecure=args.insecure,
-        warning=args.warning,
-        critical=args.critical,
+        warning=warning,
+        critical=critical,
         phase_thresholds={label: tuple(pair) for label, pair in phase_thresholds.items()},
         wait=wait,
         timeout=timeout,
@@ -316,6 +364,8 @@ def parse_settings(argv: Optional[Sequence[str]] = None, environ=None) -> Settin
         dns_checks=args.dns_checks,
         nameserver=args.nameserver,
         dns_finding_state=args.dns_finding_state,
+        poll=PollCriteria(args.subject, args.sender, tuple(args.header or ()), args.window or DEFAULT_WINDOW)
+        if args.mode is Mode.POLL else None,
     )
 
 
@@ -367,7 +417,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         verbose = settings.verbose
         _configure_output(settings)
         log.debug("settings: %r", settings)
-        run = run_roundtrip if settings.mode is Mode.ROUNDTRIP else run_submit
+        run = {Mode.ROUNDTRIP: run_roundtrip, Mode.SUBMIT: run_submit, Mode.POLL: run_poll}[settings.mode]
         build_check(settings, run).main()  # prints and exits; -t is our own Deadline
     except UsageError as exc:
         _print_unknown(f"{exc} (see --help)")

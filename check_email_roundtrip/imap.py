@@ -8,17 +8,18 @@ the size of the folder.  Only headers are ever fetched.
 """
 
 import base64
+import datetime
 import imaplib
 import re
 import socket
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from .deadline import Deadline
 from .errors import Phase, ProbeError
-from .net import connect_tcp, connection_error, wrap_tls
+from .net import connect_tcp, connection_error, hint_implicit_tls, wrap_tls
 from .settings import Endpoint, Security
 
 
@@ -112,6 +113,7 @@ class Mailbox:
         deadline: Deadline,
         timings: RetrievalTimings,
         trace: Optional[Callable[[str], None]] = None,
+        writable: bool = False,
     ):
         self.endpoint = endpoint
         self.tls_context = tls_context
@@ -120,6 +122,8 @@ class Mailbox:
         self.timings = timings
         self.trace = trace
         self.uid_next: Optional[int] = None
+        # EXAMINE (read-only) unless the probe is to delete its own messages
+        self.writable = writable
         self._imap: Optional[_TracedIMAP] = None
         self._socket_timeout = deadline.socket_timeout()  # for "no answer within N s"
 
@@ -162,8 +166,9 @@ class Mailbox:
 
             phase = self._enter(Phase.IMAP_SELECT)
             step = time.monotonic()
-            # EXAMINE (read-only): the probe never changes flags on the mailbox.
-            status, data = self._imap.select(quote_mailbox(self.folder), readonly=True)
+            # EXAMINE (read-only) unless asked to clean up: the probe then
+            # changes nothing in the mailbox.
+            status, data = self._imap.select(quote_mailbox(self.folder), readonly=not self.writable)
             if status != "OK":
                 raise ProbeError(phase, f'failed: folder "{self.folder}" cannot be opened', server_text=_text(data))
             self.uid_next = self._read_uid_next()
@@ -174,7 +179,9 @@ class Mailbox:
         except imaplib.IMAP4.error as exc:
             raise ProbeError(phase, "failed", server_text=_text(exc.args[0] if exc.args else "")) from None
         except (OSError, EOFError) as exc:
-            raise connection_error(phase, endpoint.host, endpoint.port, exc, self._socket_timeout) from None
+            error = connection_error(phase, endpoint.host, endpoint.port, exc, self._socket_timeout)
+            raise hint_implicit_tls(error, phase is Phase.IMAP_CONNECT and endpoint.security is not Security.TLS,
+                                    "--imap-security") from None
 
     def close(self) -> None:
         if self._imap is None:
@@ -218,6 +225,81 @@ class Mailbox:
             if isinstance(part, tuple) and len(part) == 2:
                 return part[1]
         raise ProbeError(Phase.IMAP_FETCH, f"failed: no header returned for UID {uid}")
+
+    def search(self, *criteria: str) -> List[int]:
+        """UIDs matching a server-side UID SEARCH (criteria already quoted)."""
+        data = self._uid_command(Phase.IMAP_SEARCH, "SEARCH", *criteria)
+        self.timings.searches += 1
+        return [int(word) for word in b" ".join(part for part in data if part).split() if word.isdigit()]
+
+    def fetch_internaldates(self, uids: List[int]) -> Dict[int, datetime.datetime]:
+        """INTERNALDATE (when the server received the message) of each UID."""
+        if not uids:
+            return {}
+        data = self._uid_command(Phase.IMAP_FETCH, "FETCH", ",".join(map(str, uids)), "(UID INTERNALDATE)")
+        dates = {}
+        for line in data:
+            line = line[0] if isinstance(line, tuple) else line
+            uid = re.search(rb"UID (\d+)", line or b"")
+            date = re.search(rb'INTERNALDATE "([^"]+)"', line or b"")
+            if uid and date:
+                dates[int(uid.group(1))] = datetime.datetime.strptime(date.group(1).decode(), "%d-%b-%Y %H:%M:%S %z")
+        return dates
+
+    def fetch_subjects(self, uids: List[int]) -> Dict[int, str]:
+        """The Subject header of each UID (header fields only)."""
+        if not uids:
+            return {}
+        data = self._uid_command(Phase.IMAP_FETCH, "FETCH", ",".join(map(str, uids)),
+                                 "(UID BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        subjects = {}
+        for part in data:
+            if isinstance(part, tuple) and len(part) == 2:
+                uid = re.search(rb"UID (\d+)", part[0])
+                if uid:
+                    subjects[int(uid.group(1))] = " ".join(part[1].decode("utf-8", "replace").split())
+        return subjects
+
+    def fetch_message(self, uid: int, limit: int = 256 * 1024) -> bytes:
+        """A whole (small) message, at most ``limit`` bytes: for bounces only."""
+        data = self._uid_command(Phase.IMAP_FETCH, "FETCH", str(uid), f"(BODY.PEEK[]<0.{limit}>)")
+        for part in data:
+            if isinstance(part, tuple) and len(part) == 2:
+                return part[1]
+        raise ProbeError(Phase.IMAP_FETCH, f"failed: no message returned for UID {uid}")
+
+    def delete(self, uids: List[int]) -> bool:
+        """Flag ``uids`` \\Deleted and expunge exactly those (UID EXPUNGE).
+
+        Without UIDPLUS a plain EXPUNGE would also remove what others flagged
+        deleted, so the messages are only flagged; returns whether they are gone.
+        """
+        if not uids:
+            return True
+        uid_set = ",".join(map(str, uids))
+        self._uid_command(Phase.IMAP_FETCH, "STORE", uid_set, "+FLAGS.SILENT", "(\\Deleted)")
+        if "UIDPLUS" not in self._imap.capabilities:
+            return False
+        self._uid_command(Phase.IMAP_FETCH, "EXPUNGE", uid_set)
+        return True
+
+    def special_use_folder(self, flag: str) -> Optional[str]:
+        """The mailbox carrying a special-use flag (RFC 6154), e.g. \\Junk, or None."""
+        self._enter(Phase.IMAP_SELECT)
+        try:
+            status, data = self._imap._simple_command("LIST", "(SPECIAL-USE)", '""', '"*"')
+            _, data = self._imap._untagged_response(status, data, "LIST")
+        except imaplib.IMAP4.error:
+            return None  # no SPECIAL-USE extension
+        except (OSError, EOFError) as exc:
+            raise connection_error(Phase.IMAP_SELECT, self.endpoint.host, self.endpoint.port, exc, self._socket_timeout) from None
+        for line in data or []:
+            if isinstance(line, bytes) and flag.lower().encode() in line.lower():
+                match = re.search(rb'\)\s+(?:"[^"]*"|NIL)\s+(.+)$', line)
+                if match:
+                    name = match.group(1).decode("utf-8", "replace").strip()
+                    return name[1:-1] if name.startswith('"') and name.endswith('"') else name
+        return None
 
     # -- helpers ----------------------------------------------------------------
     def _open_socket(self) -> socket.socket:

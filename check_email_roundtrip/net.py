@@ -73,3 +73,11 @@ def wrap_tls(sock: socket.socket, context: ssl.SSLContext, host: str, port: int,
     except (OSError, ssl.SSLError) as exc:
         sock.close()
         raise connection_error(phase, host, port, exc, sock.gettimeout() or 0) from None
+
+
+def hint_implicit_tls(error: ProbeError, plaintext_greeting_expected: bool, option: str) -> ProbeError:
+    """A server silent at greeting time, reached without TLS, is most often an
+    implicit-TLS port waiting for our handshake: say so."""
+    if plaintext_greeting_expected and "no answer within" in error.reason:
+        error.reason += f" (an implicit-TLS port? try {option} tls)"
+    return error

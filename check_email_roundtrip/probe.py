@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Iterator, Optional
 
 from . import __version__
@@ -46,6 +46,13 @@ def poll_intervals() -> Iterator[float]:
 
 
 @dataclass
+class PollFindings:
+    since: datetime  # start of the window (UTC)
+    matches: int  # messages matching in the window
+    newest_age: Optional[float] = None  # seconds since the newest match arrived (INTERNALDATE)
+
+
+@dataclass
 class ProbeOutcome:
     marker: Optional[str] = None
     submission: SubmissionTimings = field(default_factory=SubmissionTimings)
@@ -57,6 +64,7 @@ class ProbeOutcome:
     not_delivered_within: Optional[float] = None  # set when --wait ran out
     auth: Optional["AuthVerdicts"] = None  # the receiver's verdicts, once found
     dns: Optional["DnsReport"] = None  # with --dns-checks
+    poll: Optional[PollFindings] = None  # poll mode
     error: Optional[ProbeError] = None
     timeout: Optional[RunTimeout] = None
 
@@ -176,6 +184,49 @@ def run_roundtrip(settings: Settings, deadline: Deadline) -> ProbeOutcome:
                 log.info("found UID %d after %.3f s", outcome.found_uid, outcome.roundtrip)
         if outcome.header is not None:
             _read_receiver_side(settings, deadline, outcome)
+    except ProbeError as exc:
+        outcome.error = exc
+    except RunTimeout as exc:
+        outcome.timeout = exc
+    return outcome
+
+
+def _imap_quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def poll_search_criteria(criteria, since: datetime) -> list:
+    """Server-side SEARCH keys: SINCE has day granularity (RFC 3501), the
+    exact window is applied to INTERNALDATE afterwards."""
+    keys = ["SINCE", since.strftime("%d-%b-%Y")]
+    if criteria.subject:
+        keys += ["SUBJECT", _imap_quote(criteria.subject)]
+    if criteria.sender:
+        keys += ["FROM", _imap_quote(criteria.sender)]
+    for name, value in criteria.headers:
+        keys += ["HEADER", _imap_quote(name), _imap_quote(value)]
+    return keys
+
+
+def run_poll(settings: Settings, deadline: Deadline) -> ProbeOutcome:
+    """Did a message matching the criteria arrive within the window?"""
+    outcome = ProbeOutcome(retrieval=RetrievalTimings())
+    now = datetime.now(timezone.utc)
+    since = now - timedelta(seconds=settings.poll.window)
+    log.info("IMAP %s as %s, folder %s: %s since %s", settings.imap, settings.imap.user, settings.imap_folder,
+             settings.poll.describe(), since.strftime("%Y-%m-%d %H:%M:%S UTC"))
+    try:
+        with Mailbox(settings.imap, settings.tls_context, settings.imap_folder, deadline, outcome.retrieval,
+                     trace=_trace if settings.verbose >= 3 else None) as mailbox:
+            mailbox.open()
+            # the date prefilter is the server's; the day's earlier mail is
+            # dropped here by INTERNALDATE
+            uids = mailbox.search(*poll_search_criteria(settings.poll, since))
+            dates = [date for date in mailbox.fetch_internaldates(uids).values() if date >= since]
+            outcome.poll = PollFindings(since=since, matches=len(dates))
+            if dates:
+                outcome.poll.newest_age = max((now - max(dates)).total_seconds(), 0.0)
+            log.info("%d matching since the start of that day, %d in the window", len(uids), len(dates))
     except ProbeError as exc:
         outcome.error = exc
     except RunTimeout as exc:

@@ -25,8 +25,9 @@ class Security(enum.Enum):
 
 
 class Mode(enum.Enum):
-    SUBMIT = "submit"
     ROUNDTRIP = "roundtrip"
+    SUBMIT = "submit"
+    POLL = "poll"
 
     def __str__(self) -> str:
         return self.value
@@ -65,19 +66,35 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class PollCriteria:
+    """Poll mode: what mail somebody else sends must look like, and since when."""
+
+    subject: Optional[str]
+    sender: Optional[str]
+    headers: Tuple[Tuple[str, str], ...]
+    window: float  # seconds back from now
+
+    def describe(self) -> str:
+        parts = [f'subject "{self.subject}"' if self.subject else "", f'sender "{self.sender}"' if self.sender else ""]
+        parts += [f'{name} "{value}"' for name, value in self.headers]
+        return " and ".join(part for part in parts if part)
+
+
+@dataclass(frozen=True)
 class Settings:
     mode: Mode
-    smtp: Endpoint
+    smtp: Optional[Endpoint]  # None in poll mode
     imap: Optional[Endpoint]  # None in submit mode
-    envelope_from: str
-    recipient: str
+    envelope_from: Optional[str]  # None in poll mode
+    recipient: Optional[str]
     imap_folder: str
     helo_name: str
     # built once by the CLI from --ca-file and --insecure (a bad CA file is a
     # usage error, found before any connection is made)
     tls_context: ssl.SSLContext = field(repr=False)
     insecure: bool
-    # -w/-c: on the round trip (roundtrip mode) or the whole SMTP session (submit mode)
+    # -w/-c: on the round trip (roundtrip mode), the whole SMTP session (submit
+    # mode) or the age of the newest matching message (poll mode)
     warning: nagiosplugin.Range
     critical: nagiosplugin.Range
     # per-phase thresholds, keyed by perfdata label: (warning, critical)
@@ -92,6 +109,7 @@ class Settings:
     dns_checks: bool = False
     nameserver: Optional[Tuple[str, int]] = None  # None: the system resolver
     dns_finding_state: str = "warning"
+    poll: Optional[PollCriteria] = None  # poll mode only
 
     def secrets(self) -> Tuple[str, ...]:
         """Every secret text, as typed and as it travels in SMTP AUTH (base64

@@ -25,7 +25,7 @@ from typing import Callable, List, Optional, Sequence
 
 from .deadline import Deadline
 from .errors import Phase, ProbeError
-from .net import connect_tcp, connection_error, wrap_tls
+from .net import connect_tcp, connection_error, hint_implicit_tls, wrap_tls
 from .settings import Endpoint, Security
 
 
@@ -221,7 +221,9 @@ def submit_message(
     except ProbeError:
         raise
     except smtplib.SMTPServerDisconnected as exc:
-        raise _disconnect_error(phase, endpoint, exc, socket_timeout) from None
+        error = _disconnect_error(phase, endpoint, exc, socket_timeout)
+        raise hint_implicit_tls(error, phase is Phase.SMTP_CONNECT and endpoint.security is not Security.TLS,
+                                "--smtp-security") from None
     except smtplib.SMTPResponseException as exc:
         raise ProbeError(phase, "failed", exc.smtp_code, _reply_text(exc.smtp_error)) from None
     except smtplib.SMTPException as exc:

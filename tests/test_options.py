@@ -52,6 +52,7 @@ def test_smtp_security_follows_the_port(args, port, security):
         (["--imap-port", "993"], 993, Security.TLS),
         (["--imap-port", "143"], 143, Security.STARTTLS),
         (["--imap-security", "starttls"], 143, Security.STARTTLS),
+        (["--imap-port", "10993"], 10993, Security.TLS),
     ],
 )
 def test_imap_security_follows_the_port(args, port, security):
