@@ -18,6 +18,7 @@ Mail path:
               Authentication-Results (authserv-id mx.example.test) on top;
               foreign A-R headers are kept; nothing is rejected/quarantined
            -> LMTP (unix socket) -> Dovecot (sieve, quota) -> Maildir
+              a global sieve_before script files "+junk" mail into Junk
     client <- Dovecot IMAP 127.0.0.1:10143 (STARTTLS) and IMAPS 127.0.0.1:10993
     rspamd -> dnsmasq 127.0.0.1:10053 (UDP+TCP): example.test only, rest NXDOMAIN
               example.test TXT                "v=spf1 ip4:127.0.0.1 -all"
@@ -37,7 +38,22 @@ the tag may be followed by "-", "." or "_" and anything, e.g. probe+hold-123):
     +forge     delivered, with a forged all-pass Authentication-Results
                (authserv-id mx.example.test) prepended at submission: it
                ends up right below the receiver's real one
+    +junk      delivered into the Junk folder (\\Junk special-use) instead of
+               INBOX, by a global Dovecot sieve_before script (envelope
+               :detail "to" "junk"; also junk-*, junk.*, junk_*)
+unknown users: the submission ports accept any local part @example.test
+(smtpd_reject_unlisted_recipient=no); the inbound MX answers
+    550 5.1.1 <nobody@example.test>: Recipient address rejected: User unknown
+    in virtual mailbox table
+and Postfix sends a DSN (multipart/report, message/delivery-status, the
+original message) to the envelope sender at once, e.g. into probe's INBOX.
 plus set_password()/reset_passwords().
+
+IMAP helpers (IMAPS, CA-verified as "localhost"), for test setup/isolation:
+    append_message(user, folder, raw, internaldate) -> UID (APPENDUID)
+    folder_uids(user, folder, search="ALL")         -> [UID, ...]
+    delete_all(user, folder)                        -> number expunged
+    imap(user)                                      logged-in imaplib client
 
 DNS knobs (each applies to the next message; dnsmasq is restarted and the
 answer checked before they return):
@@ -52,15 +68,21 @@ start/reload/endpoints/info.
 """
 
 import argparse
+import base64
+import contextlib
+import datetime
 import hashlib
+import imaplib
 import json
 import os
 import pwd
 import grp
+import re
 import secrets
 import shlex
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -90,6 +112,12 @@ POLICY_RC_D = "/usr/sbin/policy-rc.d"
 
 HOLD_TEMPFAIL_REPLY = "451 4.7.0 Rate limit exceeded, try again later"
 REJECT_REPLY = "550 5.7.1 Recipient rejected by policy"
+JUNK_DETAIL = "junk"        # probe+junk@example.test -> Junk (sieve_before)
+JUNK_FOLDER = "Junk"
+UNKNOWN_USER = "nobody@" + DOMAIN     # any local part not in USERS will do
+# what the inbound MX says at RCPT (Postfix smtpd_reject_unlisted_recipient)
+UNKNOWN_USER_REPLY = ("550 5.1.1 <%s>: Recipient address rejected: User unknown "
+                      "in virtual mailbox table")
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
@@ -462,6 +490,54 @@ DEFAULT = _Sentinel("DEFAULT")
 
 
 # --------------------------------------------------------------------------
+# IMAP client bits (MailStack.imap/append_message/folder_uids/delete_all)
+# --------------------------------------------------------------------------
+class _IMAPS(imaplib.IMAP4_SSL):
+    """IMAPS to HOST:IMAPS_PORT, certificate checked as TLS_HOSTNAME ("localhost"
+    may resolve to ::1 first, where nothing listens)."""
+
+    def __init__(self, ssl_context, timeout=30.0):
+        self._mailstack_timeout = timeout
+        super().__init__(TLS_HOSTNAME, IMAPS_PORT, ssl_context=ssl_context)
+
+    def _create_socket(self, timeout=None):
+        sock = socket.create_connection((HOST, self.port), timeout or self._mailstack_timeout)
+        return self.ssl_context.wrap_socket(sock, server_hostname=TLS_HOSTNAME)
+
+
+def _imap_utf7(name):
+    """Modified UTF-7 (RFC 3501 5.1.3) for non-ASCII mailbox names."""
+    out, buf = [], []
+
+    def flush():
+        if buf:
+            b64 = base64.b64encode("".join(buf).encode("utf-16-be"))
+            out.append("&" + b64.decode().rstrip("=").replace("/", ",") + "-")
+            del buf[:]
+    for c in name:
+        if 0x20 <= ord(c) <= 0x7E:
+            flush()
+            out.append("&-" if c == "&" else c)
+        else:
+            buf.append(c)
+    flush()
+    return "".join(out)
+
+
+def _imap_mailbox(name):
+    """A mailbox name as an IMAP quoted string (imaplib sends arguments as
+    they are).  Already quoted names are left alone."""
+    if len(name) >= 2 and name[0] == name[-1] == '"':
+        return name
+    return '"%s"' % _imap_utf7(name).replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _imap_text(data):
+    return " ".join(d.decode(errors="replace") if isinstance(d, bytes) else str(d)
+                    for d in (data or []) if d is not None)
+
+
+# --------------------------------------------------------------------------
 # Services
 # --------------------------------------------------------------------------
 class Service:
@@ -589,6 +665,11 @@ class Dovecot(Service):
         self.start_log = os.path.join(s.log_dir, "dovecot-start.log")
         self.auth_socket = os.path.join(self.base_dir, "auth-postfix")
         self.lmtp_socket = os.path.join(self.base_dir, "lmtp-postfix")
+        # global sieve_before script (+junk -> Junk), precompiled at up: the
+        # LMTP process runs as vmail and cannot write a binary next to it
+        self.sieve_dir = os.path.join(self.conf_dir, "sieve")
+        self.sieve_before = os.path.join(self.sieve_dir, "before.sieve")
+        self.sieve_before_bin = os.path.join(self.sieve_dir, "before.svbin")
 
     def pidfile(self):
         return os.path.join(self.base_dir, "master.pid")
@@ -604,7 +685,7 @@ class Dovecot(Service):
     def info(self):
         return {"config": self.conf, "base_dir": self.base_dir,
                 "passwd_file": self.passwd_file, "lmtp_socket": self.lmtp_socket,
-                "auth_socket": self.auth_socket}
+                "auth_socket": self.auth_socket, "sieve_before": self.sieve_before}
 
     def write_config(self):
         s = self.stack
@@ -618,8 +699,39 @@ class Dovecot(Service):
             passwd_file=self.passwd_file, mail_root=s.mail_dir,
             vmail_uid=vm.pw_uid, vmail=VMAIL_USER, domain=DOMAIN,
             imap_port=IMAP_PORT, imaps_port=IMAPS_PORT, host=HOST,
-            quota=QUOTA_LIMIT, hostname=TLS_HOSTNAME)
-        return _write(self.conf, conf, 0o644)
+            quota=QUOTA_LIMIT, hostname=TLS_HOSTNAME, sieve_before=self.sieve_before)
+        changed = _write(self.conf, conf, 0o644)
+        self._write_sieve_before()      # read at each delivery: no reload needed
+        return changed
+
+    def _write_sieve_before(self):
+        """Write the global sieve_before script and compile it with sievec
+        when the binary is missing or stale.  Nothing needs a reload: Pigeonhole
+        opens the script (and its .svbin) at every delivery."""
+        _mkdir(self.sieve_dir, 0o755)
+        script = SIEVE_BEFORE.format(detail=JUNK_DETAIL, folder=JUNK_FOLDER)
+        changed = _write(self.sieve_before, script, 0o644)
+        try:
+            stale = changed or (os.stat(self.sieve_before_bin).st_mtime
+                                <= os.stat(self.sieve_before).st_mtime)
+        except OSError:
+            stale = True
+        if stale:
+            # Pigeonhole uses the binary only if it is newer than the script
+            # (else it recompiles at every delivery and logs that it cannot
+            # save the result): date the script back, then compile.
+            past = time.time() - 2
+            os.utime(self.sieve_before, (past, past))
+            tmp = "%s.tmp.%d" % (self.sieve_before_bin, os.getpid())
+            try:
+                _run(["sievec", "-c", self.conf, self.sieve_before, tmp],
+                     log=os.path.join(self.stack.log_dir, "sievec.log"))
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, self.sieve_before_bin)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        return changed
 
     def start(self):
         self.clear_stale_pidfile()
@@ -1273,6 +1385,109 @@ class MailStack:
     def flush(self):
         self.postfix.cmd("postqueue", "-f")
 
+    # -------------------------------------------------------------- IMAP
+    @contextlib.contextmanager
+    def imap(self, user, timeout=30.0):
+        """A logged-in imaplib client for user over IMAPS (HOST:IMAPS_PORT,
+        certificate verified against the stack CA as TLS_HOSTNAME); logs out
+        on exit.  Folder names passed to imaplib must be quoted by the caller
+        (imap_mailbox() does it)."""
+        ctx = ssl.create_default_context(cafile=self.ca)
+        client = _IMAPS(ctx, timeout)
+        try:
+            client.login(self.address(user), self.password(user))
+        except imaplib.IMAP4.error as e:
+            client.shutdown()
+            raise StackError("IMAP login as %s failed: %s" % (self.address(user), e))
+        try:
+            yield client
+        finally:
+            try:
+                client.logout()
+            except (OSError, imaplib.IMAP4.error):
+                pass
+
+    @staticmethod
+    def imap_mailbox(name):
+        """name as an IMAP quoted string (modified UTF-7), for imaplib calls."""
+        return _imap_mailbox(name)
+
+    def append_message(self, user, folder, raw, internaldate=None, flags=None,
+                       create=True):
+        """Store raw (bytes or str; bare LF line ends are sent as CRLF) in
+        user's folder with the given INTERNALDATE: a datetime (naive = local
+        time), an epoch number, a time tuple, or None (the server's "now").
+        flags: e.g. "\\Seen" or ("\\Seen", "\\Flagged").  A missing folder is
+        created (create=False: StackError).  Returns the new UID from the
+        server's APPENDUID response code, or None if it gives none."""
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8")
+        date = None
+        if internaldate is not None:
+            if isinstance(internaldate, datetime.datetime) and internaldate.tzinfo is None:
+                internaldate = internaldate.astimezone()    # naive = local time
+            date = imaplib.Time2Internaldate(internaldate)
+        if flags is not None and not isinstance(flags, str):
+            flags = " ".join(flags)
+        if flags is not None and not flags.startswith("("):
+            flags = "(%s)" % flags
+        mailbox = _imap_mailbox(folder)
+        with self.imap(user) as m:
+            typ, data = m.append(mailbox, flags, date, raw)
+            if typ != "OK" and create and b"[TRYCREATE]" in (data[0] or b""):
+                m.create(mailbox)
+                m.subscribe(mailbox)
+                typ, data = m.append(mailbox, flags, date, raw)
+            if typ != "OK":
+                raise StackError("IMAP APPEND to %s of %s failed: %s"
+                                 % (folder, self.address(user), _imap_text(data)))
+        match = re.search(rb"\[APPENDUID (\d+) (\d+)\]", data[0] or b"", re.I)
+        return int(match.group(2)) if match else None
+
+    def folder_uids(self, user, folder, search="ALL"):
+        """UIDs (ints, ascending) in user's folder matching an IMAP SEARCH
+        key (a str such as 'ALL', 'UNSEEN', 'SUBJECT "x"', 'BEFORE 1-Jan-2020',
+        or a sequence of search-key atoms).  Read-only (EXAMINE): flags such
+        as \\Recent and \\Seen are left alone.  [] if the folder does not
+        exist."""
+        if not isinstance(search, str):
+            search = " ".join(search)
+        with self.imap(user) as m:
+            typ, data = m.select(_imap_mailbox(folder), readonly=True)
+            if typ != "OK":
+                if b"NONEXISTENT" in (data[0] or b"") or b"doesn't exist" in (data[0] or b""):
+                    return []
+                raise StackError("IMAP EXAMINE %s of %s failed: %s"
+                                 % (folder, self.address(user), _imap_text(data)))
+            typ, data = m.uid("SEARCH", search)
+            if typ != "OK":
+                raise StackError("IMAP UID SEARCH %s in %s failed: %s"
+                                 % (search, folder, _imap_text(data)))
+        return sorted(int(x) for x in b" ".join(d for d in data if d).split())
+
+    def delete_all(self, user, folder):
+        """Empty user's folder (UID STORE 1:* +FLAGS.SILENT (\\Deleted),
+        EXPUNGE).  Returns the number of messages removed (0 if the folder
+        does not exist)."""
+        with self.imap(user) as m:
+            typ, data = m.select(_imap_mailbox(folder))
+            if typ != "OK":
+                if b"NONEXISTENT" in (data[0] or b"") or b"doesn't exist" in (data[0] or b""):
+                    return 0
+                raise StackError("IMAP SELECT %s of %s failed: %s"
+                                 % (folder, self.address(user), _imap_text(data)))
+            if int(data[0] or 0) == 0:
+                return 0
+            typ, data = m.uid("STORE", "1:*", "+FLAGS.SILENT", r"(\Deleted)")
+            if typ != "OK":
+                raise StackError("IMAP STORE \\Deleted in %s failed: %s"
+                                 % (folder, _imap_text(data)))
+            typ, data = m.expunge()
+            if typ != "OK":
+                raise StackError("IMAP EXPUNGE in %s failed: %s" % (folder, _imap_text(data)))
+            m.close()
+        return len([d for d in data if d])
+
     # ------------------------------------------------------- down/status
     def down(self):
         stopped = []
@@ -1344,7 +1559,22 @@ class MailStack:
             "dovecot": self.dovecot.info(),
             "faults": {"hold": "+hold", "tempfail": "+tempfail", "reject": "+reject",
                        "tempfail_reply": HOLD_TEMPFAIL_REPLY, "reject_reply": REJECT_REPLY,
-                       "forge": "+forge", "forged_header": FORGED_AUTH_RESULTS},
+                       "forge": "+forge", "forged_header": FORGED_AUTH_RESULTS,
+                       "junk": "+" + JUNK_DETAIL, "junk_folder": JUNK_FOLDER,
+                       "junk_description": (
+                           "mail to <user>+%s@%s (or +%s-*, +%s.*, +%s_*) is filed into %s "
+                           "by a global Dovecot sieve_before script"
+                           % (JUNK_DETAIL, DOMAIN, JUNK_DETAIL, JUNK_DETAIL, JUNK_DETAIL,
+                              JUNK_FOLDER)),
+                       "unknown_user": UNKNOWN_USER,
+                       "unknown_user_reply": UNKNOWN_USER_REPLY % UNKNOWN_USER,
+                       "unknown_user_description": (
+                           "any local part @%s not in %s is accepted (250) at submission and "
+                           "rejected by the inbound MX (port %d) with 550 5.1.1 User unknown; "
+                           "Postfix bounces at once: a DSN (multipart/report, "
+                           "message/delivery-status, Status: 5.1.1, the original message) "
+                           "from MAILER-DAEMON to the envelope sender lands in its INBOX"
+                           % (DOMAIN, "/".join(USERS), MX_PORT))},
             "dns": self.dnsmasq.info(),
             "dkim": {"selector": DKIM_SELECTOR, "domain": DOMAIN, "name": DKIM_NAME,
                      "private_key": self.dkim_key, "other_private_key": self.dkim_other_key,
@@ -1468,6 +1698,8 @@ plugin {{
   quota_vsizes = yes
   quota_rule = *:storage={quota}
   sieve = file:~/sieve;active=~/.dovecot.sieve
+  # global, runs before the user's own script: +junk -> Junk
+  sieve_before = {sieve_before}
 }}
 
 protocol imap {{
@@ -1502,6 +1734,22 @@ service auth {{
     user = postfix
     group = postfix
   }}
+}}
+"""
+
+# {{ }} are literal braces for str.format
+SIEVE_BEFORE = """\
+# generated by tests/mailstack.py -- do not edit (compiled at up by sievec)
+# Fault knob: mail to <user>+{detail}@ (also +{detail}-*, +{detail}.*,
+# +{detail}_*; case-insensitive) is filed into {folder}.  Other mail goes on
+# to the user's own script (~/.dovecot.sieve), if any.  Once this script has
+# filed a message (implicit keep cancelled) Pigeonhole 0.5 runs no further
+# script for it (seen with sieve-test -s): +{detail} always means {folder}.
+require ["fileinto", "envelope", "subaddress"];
+
+if anyof (envelope :detail "to" "{detail}",
+          envelope :detail :matches "to" ["{detail}-*", "{detail}.*", "{detail}_*"]) {{
+    fileinto "{folder}";
 }}
 """
 
@@ -1571,6 +1819,11 @@ non_smtpd_milters =
 # default (inbound) policy; submission services override
 smtpd_relay_restrictions = reject_unauth_destination
 smtpd_recipient_restrictions =
+# Unknown users are rejected at the inbound MX only (the submission ports set
+# smtpd_reject_unlisted_recipient=no): 550 5.1.1 there is a hard failure, so
+# the relaying smtp client bounces at once and a DSN goes to the sender.
+smtpd_reject_unlisted_recipient = yes
+unknown_virtual_mailbox_reject_code = 550
 """
 
 POSTFIX_MASTER_CF = """\
@@ -1583,6 +1836,7 @@ POSTFIX_MASTER_CF = """\
   -o smtpd_sasl_auth_enable=yes
   -o smtpd_relay_restrictions=permit_sasl_authenticated,reject
   -o smtpd_recipient_restrictions=check_recipient_access,regexp:{recipient_access},permit_sasl_authenticated,reject
+  -o smtpd_reject_unlisted_recipient=no
   -o content_filter=smtp:[{host}]:{mx_port}
   -o smtpd_milters={milter}
 {host}:{subs_port} inet n     -       n       -       -       smtpd
@@ -1593,6 +1847,7 @@ POSTFIX_MASTER_CF = """\
   -o smtpd_sasl_auth_enable=yes
   -o smtpd_relay_restrictions=permit_sasl_authenticated,reject
   -o smtpd_recipient_restrictions=check_recipient_access,regexp:{recipient_access},permit_sasl_authenticated,reject
+  -o smtpd_reject_unlisted_recipient=no
   -o content_filter=smtp:[{host}]:{mx_port}
   -o smtpd_milters={milter}
 {host}:{mx_port} inet n       -       n       -       -       smtpd
