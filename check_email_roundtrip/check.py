@@ -10,12 +10,14 @@ it measures; the states come from these contexts:
 - ``timeout``: the -t budget ran out, UNKNOWN, naming the stage.
 """
 
+import time
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import nagiosplugin
 from nagiosplugin.state import Critical, Ok, Unknown, Warn
 
 from .deadline import Deadline
+from .memory import Memory, PendingProbe, StateFile
 from .probe import ProbeOutcome
 from .settings import Mode, Settings
 
@@ -37,6 +39,9 @@ PERFDATA: Dict[str, str] = {
     "auth_dmarc": "the receiver's DMARC verdict: 1 pass, 0 not pass",
     "auth_arc": "the receiver's ARC verdict, when it evaluated ARC: 1 pass, 0 not pass",
     "dns_findings": "number of DNS findings (--dns-checks)",
+    # memory across runs (roundtrip mode, unless --no-state)
+    "late": "running total of probes that arrived after --wait, found by a later run",
+    "lost": "running total of probes still missing after --lost-after",
     # poll mode
     "age": "poll mode: seconds since the newest matching message arrived (its INTERNALDATE)",
     "matches": "poll mode: matching messages received within --window",
@@ -64,18 +69,28 @@ def _seconds(value: float) -> float:
 class ProbeResource(nagiosplugin.Resource):
     """Runs the probe inside the -t budget and yields one metric per fact."""
 
-    def __init__(self, run: Callable[[Settings, Deadline], ProbeOutcome], settings: Settings):
+    def __init__(self, run: Callable[..., ProbeOutcome], settings: Settings):
         self.run = run
         self.settings = settings
         self.outcome: Optional[ProbeOutcome] = None
+        self.state = StateFile(settings.state_file) if settings.state_file else None
+        self.memory: Optional[Memory] = None
 
     @property
     def name(self) -> str:
         return CHECK_NAME
 
     def probe(self) -> Iterator[nagiosplugin.Metric]:
+        pending = self.state.read().pending if self.state else []
         with Deadline(self.settings.timeout) as deadline:
-            self.outcome = outcome = self.run(self.settings, deadline)
+            self.outcome = outcome = self.run(self.settings, deadline, pending)
+        if self.state:
+            self.memory = self.remember(outcome)
+            yield nagiosplugin.Metric("late", self.memory.late, uom="c", min=0, context="late")
+            yield nagiosplugin.Metric("lost", self.memory.lost, uom="c", min=0, context="lost")
+            yield nagiosplugin.Metric("slow_streak", self.memory.slow_streak, context="slow_streak")
+            if self.state.problems:
+                yield nagiosplugin.Metric("state_file", self.state, context="state_file")
         yield from timing_metrics(outcome, self.settings.mode)
         if outcome.error is not None:
             yield nagiosplugin.Metric("failure", outcome.error, context="failure")
@@ -96,6 +111,21 @@ class ProbeResource(nagiosplugin.Resource):
                 yield nagiosplugin.Metric(f"dns_finding_{number}", finding, context="dns_finding")
             yield nagiosplugin.Metric("dns_findings", len(outcome.dns.findings), min=0, context="dns_findings")
 
+
+    def remember(self, outcome: ProbeOutcome) -> Memory:
+        """Merge this run into the state file: what resolved, what is pending, the streak."""
+        new_pending = []
+        if outcome.not_delivered_within is not None:
+            # the probe's MAIL FROM time on the wall clock, for later runs
+            sent_at = time.time() - (time.monotonic() - outcome.submission.submit_started)
+            queue_id = outcome.receipt.queue_id if outcome.receipt else None
+            new_pending.append(PendingProbe(outcome.marker, sent_at, queue_id))
+        if outcome.roundtrip is not None:
+            slow = not (self.settings.warning.match(outcome.roundtrip) and self.settings.critical.match(outcome.roundtrip))
+        else:
+            slow = True if (outcome.not_delivered_within is not None or outcome.error is not None) else None
+        resolved = [probe.marker for probe, _ in outcome.late_arrivals] + [probe.marker for probe in outcome.lost]
+        return self.state.merge(resolved, new_pending, len(outcome.late_arrivals), len(outcome.lost), slow)
 
 def verdict_metrics(auth) -> Iterator[nagiosplugin.Metric]:
     from .verdicts import NOT_EVALUATED
@@ -142,6 +172,32 @@ class NoMatchContext(nagiosplugin.Context):
     def evaluate(self, metric, resource):
         since = metric.value.since.strftime("%Y-%m-%d %H:%M:%S UTC")
         return nagiosplugin.Result(Critical, f"no message matching {self.settings.poll.describe()} since {since}", metric)
+
+
+class SlowStreakContext(nagiosplugin.Context):
+    """--escalate-after N: a slow round trip after N-1 not-OK ones is CRITICAL."""
+
+    def __init__(self, settings: Settings):
+        super().__init__("slow_streak")
+        self.settings = settings
+
+    def evaluate(self, metric, resource):
+        limit = self.settings.escalate_after
+        roundtrip = resource.outcome.roundtrip
+        if limit and metric.value >= limit and roundtrip is not None and self.settings.critical.match(roundtrip) \
+                and not self.settings.warning.match(roundtrip):
+            return nagiosplugin.Result(
+                Critical, f"round trip not OK in {metric.value} consecutive runs (--escalate-after {limit}), "
+                f"this one {roundtrip:.3f} s", metric)
+        return nagiosplugin.Result(Ok, None, metric)
+
+
+class StateFileContext(nagiosplugin.Context):
+    """A state file that cannot be used is a WARNING; a corrupt one, started afresh, is only said."""
+
+    def evaluate(self, metric, resource):
+        state = metric.value
+        return nagiosplugin.Result(Ok if state.usable else Warn, "; ".join(state.problems), metric)
 
 
 class TimeoutContext(nagiosplugin.Context):
@@ -231,6 +287,11 @@ class ProbeSummary(nagiosplugin.Summary):
             lines += [str(results[f"auth_{method}"]) for method in outcome.auth.verdicts if f"auth_{method}" in results]
         if outcome is not None and outcome.dns is not None:
             lines += [str(finding) for finding in outcome.dns.findings]
+        if outcome is not None:
+            lines += [f"{probe.describe()} arrived late, after {delay:.0f} s" for probe, delay in outcome.late_arrivals]
+            lines += [f"{probe.describe()} lost: not arrived after {self.settings.lost_after:g} s" for probe in outcome.lost]
+        if "state_file" in results and results["state_file"].state == Ok:
+            lines.append(str(results["state_file"]))
         problems = [result for result in results if result.state != Ok]
         if len(problems) > 1:
             lines += [str(result) for result in problems
@@ -277,6 +338,12 @@ def build_check(settings: Settings, run: Callable[[Settings, Deadline], ProbeOut
         else:
             warning, critical = settings.phase_thresholds.get(label, (None, None))
         contexts.append(nagiosplugin.ScalarContext(label, warning, critical, fmt_metric=_fmt_seconds))
+    contexts += [
+        nagiosplugin.ScalarContext("late"),
+        nagiosplugin.ScalarContext("lost"),
+        SlowStreakContext(settings),
+        StateFileContext("state_file"),
+    ]
     check = ProbeCheck(ProbeResource(run, settings), *contexts, ProbeSummary(settings), verbose=settings.verbose)
     check.name = CHECK_NAME
     return check

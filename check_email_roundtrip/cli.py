@@ -18,6 +18,7 @@ import nagiosplugin
 
 from . import __version__
 from .check import CHECK_NAME, DEFAULT_PHASE_WARNING, PHASE_LABELS, build_check
+from .memory import default_state_file
 from .net import make_ssl_context
 from .policy import AuthPolicy, parse_policy_rule
 from .probe import TRACE, log, run_poll, run_roundtrip, run_submit
@@ -41,6 +42,8 @@ DEFAULT_WARNING = "60"
 DEFAULT_CRITICAL = "300"
 # poll mode: a daily report, and an hour of slack
 DEFAULT_WINDOW = 90000.0
+# a probe not delivered after a day is lost, not late
+DEFAULT_LOST_AFTER = 86400.0
 
 # --wait defaults to this much past the end of the critical range, so that a
 # message arriving just after the critical threshold is still reported with
@@ -119,6 +122,12 @@ def _header_criterion(text: str) -> Tuple[str, str]:
     if not sep or not name.strip() or " " in name.strip():
         raise argparse.ArgumentTypeError(f"expected NAME:VALUE: {text!r}")
     return name.strip(), value.strip()
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1: {text!r}")
+    return int(text)
 
 
 def _port(text: str) -> int:
@@ -202,6 +211,17 @@ def build_parser() -> argparse.ArgumentParser:
     add("-t", "--timeout", type=_positive_seconds, metavar="SECONDS",
         help=f"seconds for the whole run (default: --wait + {TIMEOUT_PAST_WAIT:g}); when reached the "
         "plugin exits UNKNOWN naming the stage")
+
+    memory = parser.add_argument_group("memory across runs (roundtrip mode)")
+    add = memory.add_argument
+    add("--state-file", metavar="PATH",
+        help="where to remember undelivered probes and slow streaks (default: "
+        "$XDG_STATE_HOME or ~/.local/state, /check_email_roundtrip/<user>@<host>-<hash>.json)")
+    add("--no-state", action="store_true", help="remember nothing across runs")
+    add("--lost-after", type=_positive_seconds, default=DEFAULT_LOST_AFTER, metavar="SECONDS",
+        help=f"an undelivered probe still missing after SECONDS counts as lost (default {DEFAULT_LOST_AFTER:g})")
+    add("--escalate-after", type=_positive_int, metavar="N",
+        help="CRITICAL when the round trip was not OK in N consecutive runs, this one slow (default: never)")
 
     poll = parser.add_argument_group("poll mode: mail somebody else sends")
     add = poll.add_argument
@@ -332,6 +352,12 @@ def parse_settings(argv: Optional[Sequence[str]] = None, environ=None) -> Settin
     if args.nameserver and not args.dns_checks:
         raise UsageError("--nameserver is used by --dns-checks only")
 
+    state_file = None
+    if args.mode is Mode.ROUNDTRIP and not args.no_state:
+        state_file = args.state_file or default_state_file(imap.user, imap.host, args.imap_folder)
+    elif args.state_file or args.escalate_after:
+        raise UsageError("--state-file and --escalate-after need --mode roundtrip (and no --no-state)")
+
     if args.mode is Mode.POLL:
         # thresholds are on the age of the newest match: none unless given;
         # "nothing in the window" is CRITICAL on its own
@@ -364,6 +390,9 @@ def parse_settings(argv: Optional[Sequence[str]] = None, environ=None) -> Settin
         dns_checks=args.dns_checks,
         nameserver=args.nameserver,
         dns_finding_state=args.dns_finding_state,
+        state_file=state_file,
+        lost_after=args.lost_after,
+        escalate_after=args.escalate_after,
         poll=PollCriteria(args.subject, args.sender, tuple(args.header or ()), args.window or DEFAULT_WINDOW)
         if args.mode is Mode.POLL else None,
     )

@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from datetime import datetime, timedelta, timezone
-from typing import Iterator, Optional
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 from . import __version__
 from .deadline import Deadline
 from .errors import Phase, ProbeError, RunTimeout
 from .imap import Mailbox, RetrievalTimings
 from .marker import new_marker
+from .memory import PendingProbe
 from .settings import Settings
 from .smtp import SubmissionReceipt, SubmissionTimings, submit_message
 
@@ -65,6 +66,10 @@ class ProbeOutcome:
     auth: Optional["AuthVerdicts"] = None  # the receiver's verdicts, once found
     dns: Optional["DnsReport"] = None  # with --dns-checks
     poll: Optional[PollFindings] = None  # poll mode
+    # earlier runs' undelivered probes: arrived since (with their delay in
+    # seconds), or now counted lost
+    late_arrivals: List[Tuple["PendingProbe", float]] = field(default_factory=list)
+    lost: List["PendingProbe"] = field(default_factory=list)
     error: Optional[ProbeError] = None
     timeout: Optional[RunTimeout] = None
 
@@ -110,7 +115,7 @@ def _submit(settings: Settings, deadline: Deadline, outcome: ProbeOutcome, messa
             ("submit", timings.submit), ("total", timings.total)) if value is not None))
 
 
-def run_submit(settings: Settings, deadline: Deadline) -> ProbeOutcome:
+def run_submit(settings: Settings, deadline: Deadline, pending: Sequence[PendingProbe] = ()) -> ProbeOutcome:
     outcome = ProbeOutcome(marker=new_marker())
     try:
         _submit(settings, deadline, outcome, build_message(settings, outcome.marker))
@@ -163,8 +168,32 @@ def _read_receiver_side(settings: Settings, deadline: Deadline, outcome: ProbeOu
             outcome.auth.with_dmarc_policy(outcome.dns.dmarc_policy)
 
 
-def run_roundtrip(settings: Settings, deadline: Deadline) -> ProbeOutcome:
-    """Submit a marked message and wait in IMAP until it appears."""
+def look_for_pending(mailbox: Mailbox, outcome: ProbeOutcome, pending: Sequence[PendingProbe], lost_after: float) -> None:
+    """Earlier probes that were not delivered in time: arrived since, or lost?"""
+    if not pending:
+        return
+    since = datetime.fromtimestamp(min(probe.sent_at for probe in pending), timezone.utc)
+    keys = ["SUBJECT", pending[0].marker]
+    for probe in pending[1:]:
+        keys = ["OR"] + keys + ["SUBJECT", probe.marker]
+    uids = mailbox.search("SINCE", since.strftime("%d-%b-%Y"), *keys)
+    subjects = mailbox.fetch_subjects(uids)
+    arrived = mailbox.fetch_internaldates(uids)
+    now = time.time()
+    for probe in pending:
+        hits = [uid for uid, subject in subjects.items() if probe.marker in subject]
+        if hits:
+            delay = max(arrived[hits[0]].timestamp() - probe.sent_at, 0.0) if hits[0] in arrived else now - probe.sent_at
+            outcome.late_arrivals.append((probe, delay))
+            log.info("%s arrived late, after %.0f s", probe.describe(), delay)
+        elif now - probe.sent_at > lost_after:
+            outcome.lost.append(probe)
+            log.info("%s not arrived after %.0f s: lost", probe.describe(), now - probe.sent_at)
+
+
+def run_roundtrip(settings: Settings, deadline: Deadline, pending: Sequence[PendingProbe] = ()) -> ProbeOutcome:
+    """Submit a marked message and wait in IMAP until it appears; look for
+    ``pending`` probes of earlier runs on the way."""
     outcome = ProbeOutcome(marker=new_marker(), retrieval=RetrievalTimings())
     message = build_message(settings, outcome.marker)
     log.info("marker %s", outcome.marker)
@@ -179,6 +208,7 @@ def run_roundtrip(settings: Settings, deadline: Deadline) -> ProbeOutcome:
             _submit(settings, deadline, outcome, message)
             wait_for_arrival(mailbox, outcome, since_uid, settings.wait, deadline)
             log.info("IMAP searches: %d", outcome.retrieval.searches)
+            look_for_pending(mailbox, outcome, pending, settings.lost_after)
             if outcome.found_uid is not None:
                 outcome.header = mailbox.fetch_header(outcome.found_uid)
                 log.info("found UID %d after %.3f s", outcome.found_uid, outcome.roundtrip)
@@ -208,7 +238,7 @@ def poll_search_criteria(criteria, since: datetime) -> list:
     return keys
 
 
-def run_poll(settings: Settings, deadline: Deadline) -> ProbeOutcome:
+def run_poll(settings: Settings, deadline: Deadline, pending: Sequence[PendingProbe] = ()) -> ProbeOutcome:
     """Did a message matching the criteria arrive within the window?"""
     outcome = ProbeOutcome(retrieval=RetrievalTimings())
     now = datetime.now(timezone.utc)

@@ -110,6 +110,10 @@ class Settings:
     nameserver: Optional[Tuple[str, int]] = None  # None: the system resolver
     dns_finding_state: str = "warning"
     poll: Optional[PollCriteria] = None  # poll mode only
+    # memory across runs (roundtrip mode): None when --no-state
+    state_file: Optional[str] = None
+    lost_after: float = 86400.0  # seconds until an undelivered probe counts as lost
+    escalate_after: Optional[int] = None  # consecutive not-OK round trips before CRITICAL
 
     def secrets(self) -> Tuple[str, ...]:
         """Every secret text, as typed and as it travels in SMTP AUTH (base64

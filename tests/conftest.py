@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
@@ -24,7 +25,7 @@ from mailstack import MailStack  # noqa: E402
 PLUGIN = "check_email_roundtrip"
 PASSWORD_ENV = ("CHECK_EMAIL_ROUNDTRIP_SMTP_PASSWORD", "CHECK_EMAIL_ROUNDTRIP_IMAP_PASSWORD")
 STATUS_LINE = re.compile(r"^EMAIL_ROUNDTRIP (OK|WARNING|CRITICAL|UNKNOWN) - \S")
-PERF_ITEM = re.compile(r"^([a-z0-9_]+)=(\d+(?:\.\d+)?)(s)?((?:;[^;\s]*){0,4})$")
+PERF_ITEM = re.compile(r"^([a-z0-9_]+)=(\d+(?:\.\d+)?)(s|c)?((?:;[^;\s]*){0,4})$")
 
 
 @dataclass
@@ -69,6 +70,9 @@ def run_plugin(*args: str, env: Optional[Dict[str, str]] = None, timeout: float 
     executable = shutil.which(PLUGIN)
     assert executable, f"{PLUGIN} is not installed (pip install .)"
     full_env = {key: value for key, value in os.environ.items() if key not in PASSWORD_ENV}
+    # each run its own default state file, unless a test names one: no test
+    # sees another's undelivered probes
+    full_env["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="cer-state-")
     full_env.update(env or {})
     started = time.monotonic()
     done = subprocess.run([executable, *args], capture_output=True, text=True, env=full_env,

@@ -15,7 +15,7 @@ from conftest import assert_state, run_plugin
 from mailstack import IMAP_PORT, IMAPS_PORT, SUBMISSION_PORT, SUBMISSIONS_PORT
 
 STARTTLS_LABELS = {"roundtrip", "smtp_connect", "smtp_starttls", "smtp_auth", "smtp_submit", "smtp_total", "imap_retrieval",
-                   "auth_spf", "auth_dkim", "auth_dmarc"}
+                   "auth_spf", "auth_dkim", "auth_dmarc", "late", "lost"}
 IMPLICIT_TLS_LABELS = STARTTLS_LABELS - {"smtp_starttls"}
 
 
@@ -165,7 +165,7 @@ def test_wrong_smtp_password_is_critical_quoting_535(stack, tmp_path):
     args[args.index("--smtp-password-file") + 1] = str(wrong)
     run = run_plugin(*args, "--imap-password-file", stack.password_file("probe"))
     assert_state(run, 2, "CRITICAL", "EMAIL_ROUNDTRIP CRITICAL - SMTP AUTH rejected: 535 5.7.8")
-    assert set(run.perfdata) == {"smtp_connect", "smtp_starttls"}
+    assert set(run.perfdata) == {"smtp_connect", "smtp_starttls", "late", "lost"}
 
 
 def test_wrong_imap_password_is_critical(stack, tmp_path):

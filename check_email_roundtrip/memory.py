@@ -1,0 +1,135 @@
+"""Memory across runs: probes that were not delivered in time, slow streaks.
+
+One JSON file per monitored mailbox (``--state-file``; default below).  It
+holds the probes that timed out (so that a later run can tell a late arrival
+from a lost message), the number of consecutive runs whose round trip was not
+OK, and the running totals of late and lost probes.
+
+Locking is nagiosplugin's ``Cookie`` (an exclusive lock, JSON written on
+commit).  A run takes the lock twice and briefly: to read at the start, and
+to merge its results at the end, never across the wait, so that concurrent
+runs on the same mailbox do not wait for each other and do not lose each
+other's entries.  A file that does not parse is reported and started afresh;
+one that cannot be opened is reported and the run goes on without memory.
+"""
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+import nagiosplugin
+
+STATE_VERSION = 1
+# at most this many undelivered probes are remembered (the oldest go first)
+MAX_PENDING = 50
+
+
+@dataclass
+class PendingProbe:
+    marker: str
+    sent_at: float  # epoch seconds when MAIL FROM was sent
+    queue_id: Optional[str] = None
+
+    def describe(self) -> str:
+        import time
+
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.sent_at))
+        return f"probe of {when}" + (f" (queued as {self.queue_id})" if self.queue_id else "")
+
+
+@dataclass
+class Memory:
+    pending: List[PendingProbe] = field(default_factory=list)
+    slow_streak: int = 0  # consecutive runs whose round trip was not OK
+    late: int = 0  # running totals
+    lost: int = 0
+
+
+def default_state_file(imap_user: str, imap_host: str, folder: str) -> str:
+    """``$XDG_STATE_HOME`` (else ``~/.local/state``)/check_email_roundtrip/<mailbox>.json"""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    key = f"{imap_user}@{imap_host}/{folder}"
+    readable = re.sub(r"[^A-Za-z0-9@._-]+", "_", f"{imap_user}@{imap_host}")[:80]
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:10]
+    return os.path.join(base, "check_email_roundtrip", f"{readable}-{digest}.json")
+
+
+class StateFile:
+    def __init__(self, path: str):
+        self.path = path
+        self.problems: List[str] = []  # what went wrong with the file, for the output
+        self.usable = True
+
+    def _open(self) -> Optional[nagiosplugin.Cookie]:
+        if not self.usable:
+            return None
+        try:
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            cookie = nagiosplugin.Cookie(self.path)
+            try:
+                return cookie.open()
+            except ValueError:
+                # Cookie truncated the file: start afresh, and say so
+                cookie.close()
+                self.problems.append(f"state file {self.path} was corrupt: started afresh")
+                return nagiosplugin.Cookie(self.path).open()
+        except (OSError, UnicodeDecodeError) as exc:
+            self.usable = False
+            reason = getattr(exc, "strerror", None) or str(exc)
+            self.problems.append(f"state file {self.path} cannot be used ({reason}): no memory across runs")
+            return None
+
+    def read(self) -> Memory:
+        cookie = self._open()
+        if cookie is None:
+            return Memory()
+        try:
+            return _memory_from(cookie.data)
+        finally:
+            cookie.close()
+
+    def merge(self, resolved: List[str], new_pending: List[PendingProbe], late: int, lost: int,
+              slow: Optional[bool]) -> Memory:
+        """Remove resolved markers, add new ones, count; ``slow`` None leaves the streak."""
+        cookie = self._open()
+        if cookie is None:
+            return Memory()
+        try:
+            memory = _memory_from(cookie.data)
+            memory.pending = [probe for probe in memory.pending if probe.marker not in resolved] + new_pending
+            memory.pending = memory.pending[-MAX_PENDING:]
+            memory.late += late
+            memory.lost += lost
+            if slow is not None:
+                memory.slow_streak = memory.slow_streak + 1 if slow else 0
+            cookie.data = {
+                "version": STATE_VERSION,
+                "pending": [probe.__dict__ for probe in memory.pending],
+                "slow_streak": memory.slow_streak,
+                "late": memory.late,
+                "lost": memory.lost,
+            }
+            cookie.commit()
+            return memory
+        except OSError as exc:
+            self.problems.append(f"state file {self.path} cannot be written ({exc.strerror})")
+            return Memory()
+        finally:
+            cookie.close()
+
+
+def _memory_from(data: dict) -> Memory:
+    """Tolerant of what a hand edit or an older version left: bad entries are dropped."""
+    pending = []
+    for entry in data.get("pending", []) if isinstance(data.get("pending"), list) else []:
+        try:
+            pending.append(PendingProbe(str(entry["marker"]), float(entry["sent_at"]), entry.get("queue_id")))
+        except (KeyError, TypeError, ValueError):
+            continue
+    numbers: List[int] = []
+    for name in ("slow_streak", "late", "lost"):
+        value = data.get(name, 0)
+        numbers.append(value if isinstance(value, int) and value >= 0 else 0)
+    return Memory(pending, *numbers)
