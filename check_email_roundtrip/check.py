@@ -98,6 +98,10 @@ class ProbeResource(nagiosplugin.Resource):
             yield nagiosplugin.Metric("timeout", outcome.timeout, context="timeout")
         if outcome.not_delivered_within is not None:
             yield nagiosplugin.Metric("delivery", outcome.not_delivered_within, context="delivery")
+        if outcome.junk_folder is not None:
+            yield nagiosplugin.Metric("junk", outcome.junk_folder, context="junk")
+        if outcome.bounce is not None:
+            yield nagiosplugin.Metric("bounce", outcome.bounce, context="bounce")
         if outcome.auth is not None:
             yield from verdict_metrics(outcome.auth)
         if outcome.poll is not None:
@@ -172,6 +176,26 @@ class NoMatchContext(nagiosplugin.Context):
     def evaluate(self, metric, resource):
         since = metric.value.since.strftime("%Y-%m-%d %H:%M:%S UTC")
         return nagiosplugin.Result(Critical, f"no message matching {self.settings.poll.describe()} since {since}", metric)
+
+
+class JunkContext(nagiosplugin.Context):
+    """Delivered, but to the Junk folder: WARNING by default (--junk-state)."""
+
+    def __init__(self, state: str):
+        super().__init__("junk")
+        self.state = _STATE[state]
+
+    def evaluate(self, metric, resource):
+        return nagiosplugin.Result(self.state, f'delivered to Junk folder "{metric.value}" after '
+                                   f"{resource.outcome.roundtrip:.3f} s", metric)
+
+
+class BounceContext(nagiosplugin.Context):
+    """A bounce of this run's message came back: CRITICAL with the remote reply."""
+
+    def evaluate(self, metric, resource):
+        return nagiosplugin.Result(Critical, f"bounced after {resource.outcome.bounced_after:.1f} s: "
+                                   f"{metric.value.describe()}", metric)
 
 
 class SlowStreakContext(nagiosplugin.Context):
@@ -343,6 +367,8 @@ def build_check(settings: Settings, run: Callable[[Settings, Deadline], ProbeOut
         nagiosplugin.ScalarContext("lost"),
         SlowStreakContext(settings),
         StateFileContext("state_file"),
+        JunkContext(settings.junk_state),
+        BounceContext("bounce"),
     ]
     check = ProbeCheck(ProbeResource(run, settings), *contexts, ProbeSummary(settings), verbose=settings.verbose)
     check.name = CHECK_NAME

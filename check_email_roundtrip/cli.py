@@ -22,11 +22,12 @@ from .memory import default_state_file
 from .net import make_ssl_context
 from .policy import AuthPolicy, parse_policy_rule
 from .probe import TRACE, log, run_poll, run_roundtrip, run_submit
-from .settings import Endpoint, Mode, PollCriteria, Secret, Security, Settings
+from .settings import BounceWatch, Endpoint, Mode, PollCriteria, Secret, Security, Settings
 
 UNKNOWN = 3
 SMTP_PASSWORD_ENV = "CHECK_EMAIL_ROUNDTRIP_SMTP_PASSWORD"
 IMAP_PASSWORD_ENV = "CHECK_EMAIL_ROUNDTRIP_IMAP_PASSWORD"
+BOUNCE_PASSWORD_ENV = "CHECK_EMAIL_ROUNDTRIP_BOUNCE_PASSWORD"
 
 # Ports and the security each implies when only one of the two is given.
 SMTP_DEFAULT_PORT = {Security.TLS: 465, Security.STARTTLS: 587, Security.NONE: 25}
@@ -223,6 +224,22 @@ def build_parser() -> argparse.ArgumentParser:
     add("--escalate-after", type=_positive_int, metavar="N",
         help="CRITICAL when the round trip was not OK in N consecutive runs, this one slow (default: never)")
 
+    elsewhere = parser.add_argument_group("Junk, bounces and clean-up (roundtrip mode)")
+    add = elsewhere.add_argument
+    add("--junk-folder", metavar="FOLDER",
+        help="also look for the probe in FOLDER (default: the \\Junk special-use folder, if the server has one)")
+    add("--no-junk", action="store_true", help="do not look in a Junk folder")
+    add("--junk-state", type=_choice_of(("ok", "warning", "critical")), default="warning",
+        metavar="{ok,warning,critical}", help="state when the probe was delivered to Junk (default: warning)")
+    add("--bounce-folder", metavar="FOLDER",
+        help="watch FOLDER of the sender's mailbox for a bounce of the probe: CRITICAL with its status at once")
+    add("--bounce-user", metavar="USER", help="IMAP login of the sender's mailbox (default: --smtp-user)")
+    add("--bounce-password-file", metavar="PATH",
+        help=f"its password (or set {BOUNCE_PASSWORD_ENV}; default: the SMTP password)")
+    add("--cleanup", action="store_true", help="delete this run's message once it was read (default: keep it)")
+    add("--purge-older-than", type=_positive_seconds, metavar="DAYS",
+        help="delete probe messages (marker in the Subject) older than DAYS from the folders the probe uses")
+
     poll = parser.add_argument_group("poll mode: mail somebody else sends")
     add = poll.add_argument
     add("--subject", metavar="TEXT", help="match messages whose Subject contains TEXT")
@@ -352,6 +369,22 @@ def parse_settings(argv: Optional[Sequence[str]] = None, environ=None) -> Settin
     if args.nameserver and not args.dns_checks:
         raise UsageError("--nameserver is used by --dns-checks only")
 
+    bounce = None
+    if args.bounce_folder:
+        bounce_user = args.bounce_user or args.smtp_user
+        if args.mode is not Mode.ROUNDTRIP or not bounce_user:
+            raise UsageError("--bounce-folder needs --mode roundtrip and a login: --bounce-user (or --smtp-user)")
+        bounce_password = _read_password(args.bounce_password_file, BOUNCE_PASSWORD_ENV, "bounce")
+        if bounce_password is None and bounce_user == args.smtp_user:
+            bounce_password = smtp_password
+        if bounce_password is None:
+            raise UsageError(f"--bounce-user needs a password: --bounce-password-file or ${BOUNCE_PASSWORD_ENV}")
+        bounce = BounceWatch(Endpoint(imap.host, imap.port, imap.security, bounce_user, bounce_password),
+                             args.bounce_folder)
+    roundtrip_only = (args.junk_folder, args.no_junk, args.cleanup, args.purge_older_than, args.bounce_user)
+    if args.mode is not Mode.ROUNDTRIP and any(option not in (None, False) for option in roundtrip_only):
+        raise UsageError("--junk-folder, --no-junk, --cleanup, --purge-older-than and --bounce-* need --mode roundtrip")
+
     state_file = None
     if args.mode is Mode.ROUNDTRIP and not args.no_state:
         state_file = args.state_file or default_state_file(imap.user, imap.host, args.imap_folder)
@@ -391,6 +424,12 @@ def parse_settings(argv: Optional[Sequence[str]] = None, environ=None) -> Settin
         nameserver=args.nameserver,
         dns_finding_state=args.dns_finding_state,
         state_file=state_file,
+        junk_folder=args.junk_folder,
+        junk_detect=not args.no_junk,
+        junk_state=args.junk_state,
+        bounce=bounce,
+        cleanup=args.cleanup,
+        purge_days=args.purge_older_than,
         lost_after=args.lost_after,
         escalate_after=args.escalate_after,
         poll=PollCriteria(args.subject, args.sender, tuple(args.header or ()), args.window or DEFAULT_WINDOW)

@@ -162,6 +162,7 @@ class Mailbox:
                 raise ProbeError(phase, f"rejected for {endpoint.user}", server_text=_text(exc.args[0] if exc.args else "")) from None
             finally:
                 self._imap.hiding_sent_lines = False
+            self._refresh_capabilities()
             self.timings.login = time.monotonic() - step
 
             phase = self._enter(Phase.IMAP_SELECT)
@@ -200,21 +201,23 @@ class Mailbox:
         self.close()
 
     # -- searching -----------------------------------------------------------
-    def find_marker(self, marker: str, since_uid: int) -> Optional[int]:
-        """One bounded search for ``marker`` in Subject or body; the UID or None."""
+    def find_marker(self, marker: str, since_uid: int) -> List[int]:
+        """One bounded search for ``marker``: the new UIDs whose text has it.
+
+        TEXT is the header and the body: the probe's Subject and body, and a
+        bounce's quoted copy of them (whose original headers BODY misses).
+        """
         step = time.monotonic()
-        data = self._uid_command(Phase.IMAP_SEARCH, "SEARCH", "UID", f"{since_uid}:*",
-                                 "OR", "SUBJECT", marker, "BODY", marker)
+        data = self._uid_command(Phase.IMAP_SEARCH, "SEARCH", "UID", f"{since_uid}:*", "TEXT", marker)
         elapsed = time.monotonic() - step
         self.timings.searches += 1
         # "n:*" always includes the highest UID, even when it is below n
         # (RFC 3501 6.4.8): keep only UIDs that really are new.
         uids = [int(word) for word in b" ".join(part for part in data if part).split() if word.isdigit()]
-        new = [uid for uid in uids if uid >= since_uid]
-        if not new:
-            return None
-        self.timings.search = elapsed
-        return min(new)
+        new = sorted(uid for uid in uids if uid >= since_uid)
+        if new:
+            self.timings.search = elapsed
+        return new
 
     def fetch_header(self, uid: int) -> bytes:
         """The header block of one message (BODY.PEEK: leaves \\Seen alone)."""
@@ -311,6 +314,15 @@ class Mailbox:
             sock = wrap_tls(sock, self.tls_context, endpoint.host, endpoint.port, Phase.IMAP_TLS)
             self.deadline.enter(Phase.IMAP_CONNECT)
         return sock
+
+    def _refresh_capabilities(self) -> None:
+        """Servers announce more after LOGIN (UIDPLUS, SPECIAL-USE): read what
+        they pushed with the LOGIN answer, or ask (imaplib keeps the old list)."""
+        _, pushed = self._imap._untagged_response("OK", [None], "CAPABILITY")
+        if not pushed or pushed[-1] is None:
+            _, pushed = self._imap.capability()
+        if pushed and pushed[-1]:
+            self._imap.capabilities = tuple(pushed[-1].decode("ascii", "replace").upper().split())
 
     def _uid_command(self, phase: Phase, command: str, *args: str) -> list:
         """One UID command in the selected folder; its data, or ProbeError."""

@@ -6,21 +6,24 @@ ProbeError (and whose timings hold the phases that did complete), or whose
 ``timeout`` says the ``-t`` budget ran out and in which stage.
 """
 
+import email.parser
 import email.policy
 import logging
 import socket
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from datetime import datetime, timedelta, timezone
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import __version__
 from .deadline import Deadline
 from .errors import Phase, ProbeError, RunTimeout
 from .imap import Mailbox, RetrievalTimings
-from .marker import new_marker
+from .dsn import Bounce, parse_dsn
+from .marker import MARKER_PATTERN, MARKER_PREFIX, new_marker
 from .memory import PendingProbe
 from .settings import Settings
 from .smtp import SubmissionReceipt, SubmissionTimings, submit_message
@@ -68,6 +71,12 @@ class ProbeOutcome:
     poll: Optional[PollFindings] = None  # poll mode
     # earlier runs' undelivered probes: arrived since (with their delay in
     # seconds), or now counted lost
+    found_in: Optional["Watch"] = None  # the folder the probe was found in
+    junk_folder: Optional[str] = None  # set when that was the Junk folder
+    bounce: Optional[Bounce] = None  # a DSN for this run's message came back
+    bounced_after: Optional[float] = None
+    cleaned_up: Optional[bool] = None  # --cleanup: this run's message is gone
+    purged: Dict[str, int] = field(default_factory=dict)  # --purge-older-than: folder -> count
     late_arrivals: List[Tuple["PendingProbe", float]] = field(default_factory=list)
     lost: List["PendingProbe"] = field(default_factory=list)
     error: Optional[ProbeError] = None
@@ -126,28 +135,74 @@ def run_submit(settings: Settings, deadline: Deadline, pending: Sequence[Pending
     return outcome
 
 
-def wait_for_arrival(mailbox: Mailbox, outcome: ProbeOutcome, since_uid: int, wait: float, deadline: Deadline) -> None:
-    """Search until the marker is seen or ``wait`` seconds after MAIL FROM.
+@dataclass
+class Watch:
+    """One folder searched while waiting: the target, Junk, or the bounce folder."""
 
-    Sets ``found_uid`` and ``roundtrip`` (taken when the search answered, not
-    after a sleep) or ``not_delivered_within``.
+    mailbox: Mailbox
+    kind: str  # "target", "junk" or "bounce"
+    since_uid: int
+    classified: set = field(default_factory=set)  # UIDs already looked at
+
+
+def classify(header: bytes, marker: str) -> str:
+    """"probe" for this run's message, "bounce" for a DSN quoting it, else "other"."""
+    message = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(header)
+    if str(message.get("X-Check-Email-Roundtrip", "")).strip() == marker or marker in str(message.get("Subject", "")):
+        return "probe"
+    if str(message.get("Content-Type", "")).lower().startswith("multipart/report"):
+        return "bounce"
+    return "other"  # a forward or a reply quoting the marker: not ours to judge
+
+
+def wait_for_arrival(watches: List[Watch], outcome: ProbeOutcome, wait: float, deadline: Deadline) -> None:
+    """Search every watched folder until the probe or a bounce is seen, or
+    ``wait`` seconds after MAIL FROM.
+
+    Sets ``found_uid``/``found_in``/``roundtrip`` (taken when the search
+    answered, not after a sleep), or ``bounce``, or ``not_delivered_within``.
     """
     submitted_at = outcome.submission.submit_started
     wait_ends = submitted_at + wait
     intervals = poll_intervals()
     while True:
-        uid = mailbox.find_marker(outcome.marker, since_uid)
-        seen_at = time.monotonic()
-        if uid is not None:
-            outcome.found_uid = uid
-            outcome.roundtrip = seen_at - submitted_at
-            return
-        if seen_at >= wait_ends:
+        for watch in watches:
+            uids = [uid for uid in watch.mailbox.find_marker(outcome.marker, watch.since_uid) if uid not in watch.classified]
+            seen_at = time.monotonic()
+            for uid in uids:
+                watch.classified.add(uid)
+                header = watch.mailbox.fetch_header(uid)
+                kind = classify(header, outcome.marker)
+                if kind == "probe" and watch.kind != "bounce":
+                    outcome.found_uid, outcome.found_in, outcome.header = uid, watch, header
+                    outcome.roundtrip = seen_at - submitted_at
+                    return
+                if kind == "bounce":
+                    bounce = parse_dsn(watch.mailbox.fetch_message(uid))
+                    if bounce is not None and bounce.failed:
+                        outcome.bounce, outcome.bounced_after = bounce, seen_at - submitted_at
+                        return
+                    if bounce is not None:
+                        log.info("delivery status notification: %s %s, still waiting", bounce.action, bounce.describe())
+        now = time.monotonic()
+        if now >= wait_ends:
             outcome.not_delivered_within = wait
             return
         deadline.enter(Phase.DELIVERY)
-        time.sleep(min(next(intervals), wait_ends - seen_at, max(deadline.remaining(), 0)))
+        time.sleep(min(next(intervals), wait_ends - now, max(deadline.remaining(), 0)))
         deadline.check()
+
+
+def purge_old_probes(mailbox: Mailbox, days: float) -> int:
+    """Delete probe messages older than ``days`` in one folder: found by the
+    marker prefix on the server, each Subject checked for a whole marker, so
+    nothing without one is ever touched."""
+    before = (datetime.now(timezone.utc) - timedelta(days=days)).strftime("%d-%b-%Y")
+    uids = mailbox.search("BEFORE", before, "SUBJECT", MARKER_PREFIX)
+    subjects = mailbox.fetch_subjects(uids)
+    doomed = [uid for uid, subject in subjects.items() if MARKER_PATTERN.search(subject)]
+    mailbox.delete(doomed)
+    return len(doomed)
 
 
 def _read_receiver_side(settings: Settings, deadline: Deadline, outcome: ProbeOutcome) -> None:
@@ -192,26 +247,52 @@ def look_for_pending(mailbox: Mailbox, outcome: ProbeOutcome, pending: Sequence[
 
 
 def run_roundtrip(settings: Settings, deadline: Deadline, pending: Sequence[PendingProbe] = ()) -> ProbeOutcome:
-    """Submit a marked message and wait in IMAP until it appears; look for
-    ``pending`` probes of earlier runs on the way."""
+    """Submit a marked message and wait in IMAP until it appears (in the
+    folder, in Junk) or bounces; look for ``pending`` probes of earlier runs."""
     outcome = ProbeOutcome(marker=new_marker(), retrieval=RetrievalTimings())
     message = build_message(settings, outcome.marker)
     log.info("marker %s", outcome.marker)
+    trace = _trace if settings.verbose >= 3 else None
+    writable = settings.cleanup or settings.purge_days is not None
     try:
-        # Log in and note UIDNEXT *before* submitting: everything at or above
-        # it arrived after the probe started, so the search can stop there.
-        with Mailbox(settings.imap, settings.tls_context, settings.imap_folder, deadline, outcome.retrieval,
-                     trace=_trace if settings.verbose >= 3 else None) as mailbox:
-            log.info("IMAP %s as %s, folder %s", settings.imap, settings.imap.user, settings.imap_folder)
-            since_uid = mailbox.open()
-            log.info("IMAP %s UIDNEXT %d", settings.imap_folder, since_uid)
+        with ExitStack() as sessions:
+            def watch(endpoint, folder, kind, timings) -> Watch:
+                mailbox = sessions.enter_context(Mailbox(endpoint, settings.tls_context, folder, deadline, timings,
+                                                         trace=trace, writable=writable and kind != "bounce"))
+                since_uid = mailbox.open()
+                log.info("IMAP %s as %s, %s folder %s, UIDNEXT %d", endpoint, endpoint.user, kind, folder, since_uid)
+                return Watch(mailbox, kind, since_uid)
+
+            # Log in and note UIDNEXT *before* submitting: everything at or
+            # above it arrived after the probe started, so searches stop there.
+            watches = [watch(settings.imap, settings.imap_folder, "target", outcome.retrieval)]
+            junk = settings.junk_folder
+            if junk is None and settings.junk_detect:
+                junk = watches[0].mailbox.special_use_folder("\\Junk")
+            if junk and junk != settings.imap_folder:
+                watches.append(watch(settings.imap, junk, "junk", RetrievalTimings()))
+            bounce = settings.bounce
+            if bounce and not (bounce.endpoint == settings.imap and bounce.folder in (settings.imap_folder, junk)):
+                watches.append(watch(bounce.endpoint, bounce.folder, "bounce", RetrievalTimings()))
             _submit(settings, deadline, outcome, message)
-            wait_for_arrival(mailbox, outcome, since_uid, settings.wait, deadline)
-            log.info("IMAP searches: %d", outcome.retrieval.searches)
-            look_for_pending(mailbox, outcome, pending, settings.lost_after)
+            wait_for_arrival(watches, outcome, settings.wait, deadline)
+            log.info("IMAP searches: %d", sum(w.mailbox.timings.searches for w in watches))
+            look_for_pending(watches[0].mailbox, outcome, pending, settings.lost_after)
             if outcome.found_uid is not None:
-                outcome.header = mailbox.fetch_header(outcome.found_uid)
-                log.info("found UID %d after %.3f s", outcome.found_uid, outcome.roundtrip)
+                found = outcome.found_in
+                log.info("found UID %d in %s after %.3f s", outcome.found_uid, found.mailbox.folder, outcome.roundtrip)
+                if found.kind == "junk":
+                    outcome.junk_folder = found.mailbox.folder
+                if settings.cleanup:
+                    outcome.cleaned_up = found.mailbox.delete([outcome.found_uid])
+                    log.info("deleted this run's message: %s", "done" if outcome.cleaned_up else
+                             "flagged \\Deleted only (no UIDPLUS to expunge it alone)")
+            if settings.purge_days is not None:
+                for w in watches:
+                    if w.kind != "bounce":
+                        outcome.purged[w.mailbox.folder] = count = purge_old_probes(w.mailbox, settings.purge_days)
+                        log.info("purged %d probe messages older than %g days from %s", count,
+                                 settings.purge_days, w.mailbox.folder)
         if outcome.header is not None:
             _read_receiver_side(settings, deadline, outcome)
     except ProbeError as exc:

@@ -81,6 +81,14 @@ class PollCriteria:
 
 
 @dataclass(frozen=True)
+class BounceWatch:
+    """Where bounces of the probe arrive: the sender's mailbox and folder."""
+
+    endpoint: Endpoint
+    folder: str
+
+
+@dataclass(frozen=True)
 class Settings:
     mode: Mode
     smtp: Optional[Endpoint]  # None in poll mode
@@ -114,13 +122,21 @@ class Settings:
     state_file: Optional[str] = None
     lost_after: float = 86400.0  # seconds until an undelivered probe counts as lost
     escalate_after: Optional[int] = None  # consecutive not-OK round trips before CRITICAL
+    # where else the probe may land (roundtrip mode)
+    junk_folder: Optional[str] = None  # None: the \\Junk special-use folder, if any
+    junk_detect: bool = True  # look in Junk at all
+    junk_state: str = "warning"
+    bounce: Optional[BounceWatch] = None
+    # clean-up (roundtrip mode)
+    cleanup: bool = False  # delete this run's message once read
+    purge_days: Optional[float] = None  # delete probe messages older than this
 
     def secrets(self) -> Tuple[str, ...]:
         """Every secret text, as typed and as it travels in SMTP AUTH (base64
         of the password for LOGIN, of NUL user NUL password for PLAIN), for
         the output filter that masks them."""
         values = []
-        for endpoint in (self.smtp, self.imap):
+        for endpoint in (self.smtp, self.imap, self.bounce.endpoint if self.bounce else None):
             if endpoint is not None and endpoint.password is not None:
                 password = endpoint.password.reveal()
                 values.append(password)

@@ -56,3 +56,39 @@ def test_probe_message_carries_marker_and_uses_crlf(monkeypatch):
     assert marker in message["Subject"] and marker in message.get_payload()
     assert (message["From"], message["To"]) == ("probe@example.test", "inbox@example.test")
     assert message["Message-ID"].endswith("@example.test>")
+
+
+def test_postfix_dsn_is_read():
+    import pathlib
+
+    from check_email_roundtrip.dsn import parse_dsn
+
+    raw = (pathlib.Path(__file__).parent / "headers" / "postfix_dsn.eml").read_bytes()
+    bounce = parse_dsn(raw)
+    assert bounce.failed and bounce.status == "5.1.1" and bounce.recipient == "nobody@example.test"
+    assert bounce.diagnostic.startswith("550 5.1.1 <nobody@example.test>: Recipient address rejected: User unknown")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"Subject: hello\r\n\r\nnot a report\r\n",
+        b"Content-Type: multipart/report; boundary=x\r\n\r\n--x\r\nContent-Type: message/delivery-status\r\n\r\n--x--\r\n",
+        b"Content-Type: multipart/report; boundary=\r\n\r\ngarbage",
+    ],
+)
+def test_not_a_dsn_or_a_broken_one_is_none(raw):
+    from check_email_roundtrip.dsn import parse_dsn
+
+    assert parse_dsn(raw) is None
+
+
+def test_delayed_dsn_is_not_a_failure():
+    from check_email_roundtrip.dsn import parse_dsn
+
+    raw = (b"Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n--b\r\n"
+           b"Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx\r\n\r\n"
+           b"Final-Recipient: rfc822; a@example.test\r\nAction: delayed\r\nStatus: 4.4.1\r\n\r\n--b--\r\n")
+    bounce = parse_dsn(raw)
+    assert bounce.action == "delayed" and not bounce.failed and bounce.status == "4.4.1"
