@@ -297,7 +297,8 @@ class ProbeSummary(nagiosplugin.Summary):
         if self.settings.mode is Mode.POLL:
             return (f"newest message matching {self.settings.poll.describe()} arrived {outcome.poll.newest_age:.0f} s ago "
                     f"({outcome.poll.matches} in the window){self._suffix()}")
-        return f"round trip {outcome.roundtrip:.3f} s ({self.settings.imap_folder}{queued}){self._suffix()}"
+        folder = outcome.found_in.mailbox.folder if outcome.found_in else self.settings.imap_folder
+        return f"round trip {outcome.roundtrip:.3f} s ({folder}{queued}){self._suffix()}"
 
     def problem(self, results) -> str:
         return f"{results.first_significant}{self._suffix()}"
