@@ -11,7 +11,7 @@ it measures; the states come from these contexts:
 """
 
 import time
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional
 
 import nagiosplugin
 from nagiosplugin.state import Critical, Ok, Unknown, Warn

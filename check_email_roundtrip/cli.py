@@ -287,6 +287,18 @@ def _read_password(path: Optional[str], env_name: str, what: str) -> Optional[Se
     return Secret(value) if value else None
 
 
+def _login_password(user: str, smtp_user: Optional[str], smtp_password: Optional[Secret], what: str,
+                    env_name: str, password_file: Optional[str]) -> Secret:
+    """A second login's password: its own file or variable, else the SMTP
+    password when it is the same user."""
+    password = _read_password(password_file, env_name, what.upper() if what == "imap" else what)
+    if password is None and user == smtp_user:
+        password = smtp_password
+    if password is None:
+        raise UsageError(f"--{what}-user needs a password: --{what}-password-file or ${env_name}")
+    return password
+
+
 def _endpoint(host, port, security, default_ports, default_security, user, password) -> Endpoint:
     if security is None:
         security = default_security(port)
@@ -311,10 +323,9 @@ def _critical_end(critical: nagiosplugin.Range, warning: nagiosplugin.Range) -> 
     return 300.0
 
 
-def parse_settings(argv: Optional[Sequence[str]] = None, environ=None) -> Settings:
+def parse_settings(argv: Optional[Sequence[str]] = None) -> Settings:
     """Options and environment -> Settings, or UsageError with one line."""
     args = build_parser().parse_args(argv)
-    environ = os.environ if environ is None else environ
 
     smtp_password = _read_password(args.smtp_password_file, SMTP_PASSWORD_ENV, "SMTP")
     smtp = envelope_from = recipient = None
@@ -340,11 +351,8 @@ def parse_settings(argv: Optional[Sequence[str]] = None, environ=None) -> Settin
         imap_user = args.imap_user or args.smtp_user
         if not imap_user:
             raise UsageError(f"{args.mode} mode needs an IMAP login: give --imap-user (or --smtp-user)")
-        imap_password = _read_password(args.imap_password_file, IMAP_PASSWORD_ENV, "IMAP")
-        if imap_password is None and imap_user == args.smtp_user:
-            imap_password = smtp_password
-        if imap_password is None:
-            raise UsageError(f"--imap-user needs a password: --imap-password-file or ${IMAP_PASSWORD_ENV}")
+        imap_password = _login_password(imap_user, args.smtp_user, smtp_password, "imap", IMAP_PASSWORD_ENV,
+                                        args.imap_password_file)
         imap = _endpoint(imap_host, args.imap_port, args.imap_security, IMAP_DEFAULT_PORT,
                          lambda port: Security.STARTTLS if port in IMAP_STARTTLS_PORTS else Security.TLS,
                          imap_user, imap_password)
@@ -374,11 +382,8 @@ def parse_settings(argv: Optional[Sequence[str]] = None, environ=None) -> Settin
         bounce_user = args.bounce_user or args.smtp_user
         if args.mode is not Mode.ROUNDTRIP or not bounce_user:
             raise UsageError("--bounce-folder needs --mode roundtrip and a login: --bounce-user (or --smtp-user)")
-        bounce_password = _read_password(args.bounce_password_file, BOUNCE_PASSWORD_ENV, "bounce")
-        if bounce_password is None and bounce_user == args.smtp_user:
-            bounce_password = smtp_password
-        if bounce_password is None:
-            raise UsageError(f"--bounce-user needs a password: --bounce-password-file or ${BOUNCE_PASSWORD_ENV}")
+        bounce_password = _login_password(bounce_user, args.smtp_user, smtp_password, "bounce", BOUNCE_PASSWORD_ENV,
+                                          args.bounce_password_file)
         bounce = BounceWatch(Endpoint(imap.host, imap.port, imap.security, bounce_user, bounce_password),
                              args.bounce_folder)
     roundtrip_only = (args.junk_folder, args.no_junk, args.cleanup, args.purge_older_than, args.bounce_user)

@@ -17,7 +17,7 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import nagiosplugin
 

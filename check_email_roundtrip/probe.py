@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from datetime import datetime, timedelta, timezone
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import __version__
 from .deadline import Deadline
@@ -27,6 +27,10 @@ from .marker import MARKER_PATTERN, MARKER_PREFIX, new_marker
 from .memory import PendingProbe
 from .settings import Settings
 from .smtp import SubmissionReceipt, SubmissionTimings, submit_message
+
+if TYPE_CHECKING:  # imported where used, so runs that never need them never load them
+    from .dnscheck import DnsReport
+    from .verdicts import AuthVerdicts
 
 log = logging.getLogger("check_email_roundtrip")
 TRACE = 5  # log level of the protocol trace (-vvv)

@@ -1,11 +1,8 @@
-"""The Icinga 2 CheckCommand matches the plugin's parser, and outputs parse the
-way Sensu Go and Zabbix read them."""
+"""The Icinga 2 CheckCommand and its variable table match the plugin's parser."""
 
 import importlib.util
 import pathlib
 import re
-
-import pytest
 
 from check_email_roundtrip.cli import build_parser
 

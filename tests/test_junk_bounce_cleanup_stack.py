@@ -4,7 +4,6 @@ import secrets
 from datetime import datetime, timedelta, timezone
 
 from conftest import assert_state, run_plugin
-from mailstack import IMAPS_PORT
 from test_roundtrip_stack import implicit_tls_args
 
 
