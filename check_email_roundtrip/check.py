@@ -92,6 +92,8 @@ class ProbeResource(nagiosplugin.Resource):
             if self.state.problems:
                 yield nagiosplugin.Metric("state_file", self.state, context="state_file")
         yield from timing_metrics(outcome, self.settings.mode)
+        if self.settings.config_warnings:
+            yield nagiosplugin.Metric("configuration", self.settings.config_warnings, context="configuration")
         if outcome.error is not None:
             yield nagiosplugin.Metric("failure", outcome.error, context="failure")
         if outcome.timeout is not None:
@@ -176,6 +178,13 @@ class NoMatchContext(nagiosplugin.Context):
     def evaluate(self, metric, resource):
         since = metric.value.since.strftime("%Y-%m-%d %H:%M:%S UTC")
         return nagiosplugin.Result(Critical, f"no message matching {self.settings.poll.describe()} since {since}", metric)
+
+
+class ConfigurationContext(nagiosplugin.Context):
+    """Set-up that works but should not stay so (a world-readable password file)."""
+
+    def evaluate(self, metric, resource):
+        return nagiosplugin.Result(Warn, "; ".join(metric.value), metric)
 
 
 class JunkContext(nagiosplugin.Context):
@@ -369,6 +378,7 @@ def build_check(settings: Settings, run: Callable[[Settings, Deadline], ProbeOut
         SlowStreakContext(settings),
         StateFileContext("state_file"),
         JunkContext(settings.junk_state),
+        ConfigurationContext("configuration"),
         BounceContext("bounce"),
     ]
     check = ProbeCheck(ProbeResource(run, settings), *contexts, ProbeSummary(settings), verbose=settings.verbose)

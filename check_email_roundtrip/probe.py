@@ -106,7 +106,8 @@ def build_message(settings: Settings, marker: str) -> bytes:
         f"Sent by: {socket.gethostname()}\n"
         "It can be deleted.\n"
     )
-    return message.as_bytes(policy=email.policy.SMTP)
+    ascii_only = settings.envelope_from.isascii() and settings.recipient.isascii()
+    return message.as_bytes(policy=email.policy.SMTP if ascii_only else email.policy.SMTPUTF8)
 
 
 def _trace(line: str) -> None:

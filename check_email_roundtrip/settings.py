@@ -118,6 +118,7 @@ class Settings:
     nameserver: Optional[Tuple[str, int]] = None  # None: the system resolver
     dns_finding_state: str = "warning"
     poll: Optional[PollCriteria] = None  # poll mode only
+    config_warnings: Tuple[str, ...] = ()  # e.g. a password file every user can read
     # memory across runs (roundtrip mode): None when --no-state
     state_file: Optional[str] = None
     lost_after: float = 86400.0  # seconds until an undelivered probe counts as lost

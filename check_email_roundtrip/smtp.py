@@ -88,6 +88,12 @@ def parse_queue_id(reply: str) -> Optional[str]:
     return None
 
 
+def refusal(code: int) -> str:
+    """4xx is a temporary refusal (rate limit, greylisting, full queue), 5xx a
+    permanent one: the admin reads which from the word, the code says it too."""
+    return "refused temporarily" if 400 <= (code or 0) < 500 else "rejected"
+
+
 def _reply_text(resp) -> str:
     if isinstance(resp, bytes):
         return resp.decode("utf-8", "replace")
@@ -152,7 +158,7 @@ def submit_message(
                 raise ProbeError(phase, "not offered by the server: refusing to continue without TLS")
             code, text = smtp.docmd("STARTTLS")
             if code != 220:
-                raise ProbeError(phase, "rejected", code, _reply_text(text))
+                raise ProbeError(phase, refusal(code), code, _reply_text(text))
             try:
                 smtp.sock = tls_context.wrap_socket(smtp.sock, server_hostname=endpoint.host)
             except (OSError, ssl.SSLError) as exc:
@@ -175,7 +181,7 @@ def submit_message(
             try:
                 smtp.login(endpoint.user, endpoint.password.reveal())
             except smtplib.SMTPAuthenticationError as exc:
-                raise ProbeError(phase, "rejected", exc.smtp_code, _reply_text(exc.smtp_error)) from None
+                raise ProbeError(phase, refusal(exc.smtp_code), exc.smtp_code, _reply_text(exc.smtp_error)) from None
             except smtplib.SMTPNotSupportedError:
                 raise ProbeError(phase, "unavailable: the server offers no AUTH") from None
             except smtplib.SMTPException as exc:
@@ -190,22 +196,29 @@ def submit_message(
             timings.auth = time.monotonic() - step
 
         phase = enter(Phase.SMTP_MAIL)
+        # Non-ASCII addresses need SMTPUTF8 (RFC 6531); smtplib then sends the
+        # commands as UTF-8.  Without it the server would mangle or refuse them.
+        mail_options = []
+        if not all(address.isascii() for address in [envelope_from, *recipients]):
+            if not smtp.has_extn("smtputf8"):
+                raise ProbeError(phase, "impossible: the addresses are not ASCII and the server offers no SMTPUTF8")
+            mail_options.append("SMTPUTF8")
         timings.submit_started = step = time.monotonic()
-        code, text = smtp.mail(envelope_from)
+        code, text = smtp.mail(envelope_from, mail_options)
         if code != 250:
-            raise ProbeError(phase, "rejected", code, _reply_text(text))
+            raise ProbeError(phase, refusal(code), code, _reply_text(text))
         phase = enter(Phase.SMTP_RCPT)
         for recipient in recipients:
             code, text = smtp.rcpt(recipient)
             if code not in (250, 251):
-                raise ProbeError(phase, "rejected", code, _reply_text(text))
+                raise ProbeError(phase, refusal(code), code, _reply_text(text))
         phase = enter(Phase.SMTP_DATA)
         try:
             code, text = smtp.data(message)
         except smtplib.SMTPDataError as exc:  # the DATA command itself was refused
-            raise ProbeError(phase, "rejected", exc.smtp_code, _reply_text(exc.smtp_error)) from None
+            raise ProbeError(phase, refusal(exc.smtp_code), exc.smtp_code, _reply_text(exc.smtp_error)) from None
         if code != 250:
-            raise ProbeError(phase, "message rejected", code, _reply_text(text))
+            raise ProbeError(phase, "message " + refusal(code), code, _reply_text(text))
         timings.submit = time.monotonic() - step
         final_reply = f"{code} {_reply_text(text)}"
 
@@ -237,4 +250,4 @@ def submit_message(
 def _ehlo(smtp: smtplib.SMTP, phase: Phase) -> None:
     code, text = smtp.ehlo()
     if code != 250:
-        raise ProbeError(phase, "rejected", code, _reply_text(text))
+        raise ProbeError(phase, refusal(code), code, _reply_text(text))
