@@ -20,6 +20,12 @@ Mail path:
            -> LMTP (unix socket) -> Dovecot (sieve, quota) -> Maildir
               a global sieve_before script files "+junk" mail into Junk
     client <- Dovecot IMAP 127.0.0.1:10143 (STARTTLS) and IMAPS 127.0.0.1:10993
+    EXPIRED-certificate twins (same service, cert from the stack CA for
+    localhost, notAfter in the past: DIR/tls/expired.pem):
+              Postfix submissions 127.0.0.1:10466 (implicit TLS, AUTH, same
+              restrictions as 10465)
+              IMAPS 127.0.0.1:10994 = auxd's TLS front -> Dovecot IMAP 10143
+              (Dovecot 2.3 cannot give one listener its own certificate)
     rspamd -> dnsmasq 127.0.0.1:10053 (UDP+TCP): example.test only, rest NXDOMAIN
               example.test TXT                "v=spf1 ip4:127.0.0.1 -all"
               s2026._domainkey.example.test   the key in DIR/dkim (made at first up)
@@ -49,6 +55,39 @@ and Postfix sends a DSN (multipart/report, message/delivery-status, the
 original message) to the envelope sender at once, e.g. into probe's INBOX.
 plus set_password()/reset_passwords().
 
+More fault knobs (exact replies as seen on the wire; stack.json "faults"):
+    full@example.test   over quota at RCPT TO on the submission ports:
+               552 5.2.2 <full@example.test>: Recipient address rejected: Mailbox is full
+               (Dovecot quota-status -p postfix as check_policy_service,
+               unix socket DIR/run/quota-status-postfix; full's userdb
+               quota_rule is *:storage=1K and up() stores an 8 KB filler in
+               its Maildir when it is not over quota; +detail too; other
+               users unaffected (quota-status answers DUNNO)
+    +greylist  (recipient, inbound MX 10025 only) deferred at RCPT with
+               450 4.7.1 <probe+greylist@example.test>: Recipient address
+               rejected: Greylisted, try again later
+               (policy action "defer_if_permit 4.7.1 Greylisted, try again
+               later" from auxd on 127.0.0.1:10028) until the message
+               (client, sender, recipient, size) was first seen N s ago; the
+               relay retries about every 1 s, so it reaches INBOX N+0.2..N+2 s
+               after submission.  set_greylist_seconds(n) (default 3; 0 =
+               off; DEFAULT/None = back to 3) applies to the next message;
+               greylist_seconds() reads it.  Two identical messages (same
+               sender, recipient and size) in flight share one timer.
+    noauth@example.test  SMTP AUTH refused although the password is right:
+               535 5.7.8 Error: authentication failed: (reason unavailable)
+               (same text as a wrong password; Dovecot deny passdb keyed
+               "<service>/<user>", listed for service smtp only); IMAP
+               LOGIN with the same password WORKS
+    +reject553 (sender, submission ports) refused at MAIL FROM:
+               553 5.7.1 <probe+reject553@example.test>: Sender address
+               rejected: not owned by user
+               (check_sender_access; smtpd_delay_reject=no on those ports)
+    127.0.0.1:10466, 127.0.0.1:10994  expired certificate: Python's ssl with
+               DIR/tls/ca.pem says "certificate verify failed: certificate
+               has expired" (verify_code 10); a client that does not verify
+               can log in and submit as on 10465/10993
+
 IMAP helpers (IMAPS, CA-verified as "localhost"), for test setup/isolation:
     append_message(user, folder, raw, internaldate) -> UID (APPENDUID)
     folder_uids(user, folder, search="ALL")         -> [UID, ...]
@@ -63,8 +102,10 @@ answer checked before they return):
     dkim_public_txt(), dkim_other_public_txt() (a valid wrong key), DKIM_REVOKED
 
 Adding a daemon = one more Service subclass in MailStack.services (order =
-start order: dnsmasq, rspamd, dovecot, postfix), with packages/write_config/
-start/reload/endpoints/info.
+start order: dnsmasq, rspamd, dovecot, auxd, postfix), with packages/write_config/
+start/reload/endpoints/info.  auxd is the stack's own stdlib Python daemon
+(DIR/aux/auxd.py from AUXD_SCRIPT, pidfile DIR/aux/auxd.pid, log
+DIR/log/auxd.log, runs as nobody): greylisting policy + expired-cert IMAPS.
 """
 
 import argparse
@@ -100,9 +141,34 @@ SUBMISSIONS_PORT = 10465    # Postfix, implicit TLS, AUTH
 MX_PORT = 10025             # Postfix inbound, no auth, example.test only
 IMAP_PORT = 10143           # Dovecot IMAP (STARTTLS offered)
 IMAPS_PORT = 10993          # Dovecot IMAPS
+# Same services, but the TLS certificate presented is EXPIRED (signed by the
+# stack CA, for DNS:localhost, notAfter in the past): Postfix smtpd with its
+# own smtpd_tls_chain_files, and auxd's TLS front to Dovecot IMAP.
+SUBMISSIONS_EXPIRED_PORT = 10466   # Postfix, implicit TLS, AUTH, expired cert
+IMAPS_EXPIRED_PORT = 10994         # IMAPS (auxd TLS -> Dovecot 10143), expired cert
+GREYLIST_POLICY_PORT = 10028       # auxd: Postfix policy service (greylisting)
 
-USERS = ("probe", "other")  # local parts @DOMAIN
+USERS = ("probe", "other", "full", "noauth")  # local parts @DOMAIN
 QUOTA_LIMIT = "1G"
+# "full": mailbox over quota.  Its userdb quota_rule overrides QUOTA_LIMIT and
+# up() stores QUOTA_FULL_FILLER_BYTES straight into its Maildir (APPEND/LMTP
+# would be refused) when it is not over quota; Dovecot's quota-status policy
+# service on the submission ports answers QUOTA_FULL_REPLY at RCPT TO.
+QUOTA_FULL_USER = "full"
+QUOTA_FULL_LIMIT = "1K"
+QUOTA_FULL_FILLER_BYTES = 8192
+QUOTA_STATUS_OVERQUOTA = "552 5.2.2 Mailbox is full"     # Dovecot's action
+# what the client sees (Postfix inserts the address and "Recipient address
+# rejected:"); %s = the recipient as given, e.g. full+x@example.test
+QUOTA_FULL_REPLY = ("552 5.2.2 <%s>: Recipient address rejected: Mailbox is full")
+# "noauth": right password, but SMTP AUTH is refused (a Dovecot deny passdb
+# keyed on "<service>/<user>" lists it for service smtp only); IMAP works.
+NOAUTH_USER = "noauth"
+NOAUTH_SERVICES = ("smtp",)
+# Dovecot gives Postfix no reason for a deny passdb hit; a wrong password
+# for noauth gets the same reply (the deny passdb is asked first).
+NOAUTH_REPLY = "535 5.7.8 Error: authentication failed: (reason unavailable)"
+USER_EXTRA_FIELDS = {QUOTA_FULL_USER: "userdb_quota_rule=*:storage=" + QUOTA_FULL_LIMIT}
 
 DEFAULT_DIR = "/var/tmp/check_email_roundtrip-stack"
 VMAIL_USER = "vmail"
@@ -112,6 +178,20 @@ POLICY_RC_D = "/usr/sbin/policy-rc.d"
 
 HOLD_TEMPFAIL_REPLY = "451 4.7.0 Rate limit exceeded, try again later"
 REJECT_REPLY = "550 5.7.1 Recipient rejected by policy"
+# sender <user>+reject553@ (also -*, .*, _*) at MAIL FROM on the submission ports
+SENDER_REJECT_DETAIL = "reject553"
+SENDER_REJECT_ACTION = "553 5.7.1 not owned by user"     # the access map's value
+# what the client sees; %s = the sender as given
+SENDER_REJECT_REPLY = "553 5.7.1 <%s>: Sender address rejected: not owned by user"
+# recipient <user>+greylist@ (also -*, .*, _*) at the inbound MX: deferred until
+# the message (client, sender, recipient, size) was first seen N s ago
+GREYLIST_DETAIL = "greylist"
+GREYLIST_DEFAULT_SECONDS = 3
+GREYLIST_ACTION = "defer_if_permit 4.7.1 Greylisted, try again later"
+GREYLIST_REPLY = ("450 4.7.1 <%s>: Recipient address rejected: "
+                  "Greylisted, try again later")
+# an entry whose message has not come back within N + this is started afresh
+GREYLIST_STALE_SECONDS = 30
 JUNK_DETAIL = "junk"        # probe+junk@example.test -> Junk (sieve_before)
 JUNK_FOLDER = "Junk"
 UNKNOWN_USER = "nobody@" + DOMAIN     # any local part not in USERS will do
@@ -659,12 +739,16 @@ class Dovecot(Service):
         self.conf_dir = os.path.join(s.dir, "dovecot")
         self.conf = os.path.join(self.conf_dir, "dovecot.conf")
         self.passwd_file = os.path.join(self.conf_dir, "users")
+        # deny passdb, keyed "<auth service>/<user>" (the noauth knob)
+        self.deny_file = os.path.join(self.conf_dir, "deny-users")
         self.state_dir = os.path.join(self.conf_dir, "state")
         self.base_dir = s.run_dir
         self.log = os.path.join(s.log_dir, "dovecot.log")
         self.start_log = os.path.join(s.log_dir, "dovecot-start.log")
         self.auth_socket = os.path.join(self.base_dir, "auth-postfix")
         self.lmtp_socket = os.path.join(self.base_dir, "lmtp-postfix")
+        # quota-status -p postfix, a Postfix policy service (the full knob)
+        self.quota_socket = os.path.join(self.base_dir, "quota-status-postfix")
         # global sieve_before script (+junk -> Junk), precompiled at up: the
         # LMTP process runs as vmail and cannot write a binary next to it
         self.sieve_dir = os.path.join(self.conf_dir, "sieve")
@@ -680,12 +764,14 @@ class Dovecot(Service):
 
     def endpoints(self):
         return [("tcp", HOST, IMAP_PORT), ("tcp", HOST, IMAPS_PORT),
-                ("unix", self.auth_socket), ("unix", self.lmtp_socket)]
+                ("unix", self.auth_socket), ("unix", self.lmtp_socket),
+                ("unix", self.quota_socket)]
 
     def info(self):
         return {"config": self.conf, "base_dir": self.base_dir,
                 "passwd_file": self.passwd_file, "lmtp_socket": self.lmtp_socket,
-                "auth_socket": self.auth_socket, "sieve_before": self.sieve_before}
+                "auth_socket": self.auth_socket, "sieve_before": self.sieve_before,
+                "quota_status_socket": self.quota_socket, "deny_file": self.deny_file}
 
     def write_config(self):
         s = self.stack
@@ -699,10 +785,23 @@ class Dovecot(Service):
             passwd_file=self.passwd_file, mail_root=s.mail_dir,
             vmail_uid=vm.pw_uid, vmail=VMAIL_USER, domain=DOMAIN,
             imap_port=IMAP_PORT, imaps_port=IMAPS_PORT, host=HOST,
-            quota=QUOTA_LIMIT, hostname=TLS_HOSTNAME, sieve_before=self.sieve_before)
+            quota=QUOTA_LIMIT, hostname=TLS_HOSTNAME, sieve_before=self.sieve_before,
+            deny_file=self.deny_file, quota_reply=QUOTA_STATUS_OVERQUOTA)
+        # before the config that names it: a missing passwd-file fails every login
+        self._write_deny_file()     # re-read by Dovecot when it changes: no reload
         changed = _write(self.conf, conf, 0o644)
         self._write_sieve_before()      # read at each delivery: no reload needed
         return changed
+
+    def _write_deny_file(self):
+        gid = grp.getgrnam("dovecot").gr_gid
+        lines = "".join("%s/%s@%s:\n" % (svc, NOAUTH_USER, DOMAIN) for svc in NOAUTH_SERVICES)
+        return _write(self.deny_file, "# generated by tests/mailstack.py: <service>/<user>, "
+                      "refused even with the right password\n" + lines, 0o640, 0, gid)
+
+    def doveadm(self, *args, check=True):
+        """Run doveadm against this instance."""
+        return _run(["doveadm", "-c", self.conf] + list(args), check=check)
 
     def _write_sieve_before(self):
         """Write the global sieve_before script and compile it with sievec
@@ -756,6 +855,8 @@ class Postfix(Service):
         self.log = os.path.join(s.log_dir, "postfix.log")
         self.start_log = os.path.join(s.log_dir, "postfix-start.log")
         self.recipient_access = os.path.join(self.conf_dir, "recipient_access.regexp")
+        self.sender_access = os.path.join(self.conf_dir, "sender_access.regexp")
+        self.greylist_access = os.path.join(self.conf_dir, "greylist_access.regexp")
         self.vmailbox = os.path.join(self.conf_dir, "vmailbox")
 
     def pidfile(self):
@@ -773,11 +874,13 @@ class Postfix(Service):
 
     def endpoints(self):
         return [("tcp", HOST, SUBMISSION_PORT), ("tcp", HOST, SUBMISSIONS_PORT),
-                ("tcp", HOST, MX_PORT)]
+                ("tcp", HOST, MX_PORT), ("tcp", HOST, SUBMISSIONS_EXPIRED_PORT)]
 
     def info(self):
         return {"config_dir": self.conf_dir, "queue_dir": self.queue_dir,
-                "recipient_access": self.recipient_access}
+                "recipient_access": self.recipient_access,
+                "sender_access": self.sender_access,
+                "greylist_access": self.greylist_access}
 
     def write_config(self):
         s = self.stack
@@ -796,12 +899,20 @@ class Postfix(Service):
             recipient_access=self.recipient_access, host=HOST,
             sub_port=SUBMISSION_PORT, subs_port=SUBMISSIONS_PORT,
             mx_port=MX_PORT, mx_hostname=MX_HOSTNAME,
-            milter="inet:%s:%d" % (HOST, RSPAMD_MILTER_PORT))
+            milter="inet:%s:%d" % (HOST, RSPAMD_MILTER_PORT),
+            sender_access=self.sender_access, greylist_access=self.greylist_access,
+            quota_socket=dv.quota_socket, greylist_port=GREYLIST_POLICY_PORT,
+            subs_expired_port=SUBMISSIONS_EXPIRED_PORT,
+            expired_cert=s.expired_cert, expired_key=s.expired_key)
         changed = False
         changed |= _write(os.path.join(self.conf_dir, "main.cf"), POSTFIX_MAIN_CF.format(**fmt))
         changed |= _write(os.path.join(self.conf_dir, "master.cf"), POSTFIX_MASTER_CF.format(**fmt))
         changed |= _write(self.recipient_access, RECIPIENT_ACCESS_MAP.format(
             tempfail=HOLD_TEMPFAIL_REPLY, reject=REJECT_REPLY, forged=FORGED_AUTH_RESULTS))
+        changed |= _write(self.sender_access, SENDER_ACCESS_MAP.format(
+            detail=SENDER_REJECT_DETAIL, reply=SENDER_REJECT_ACTION))
+        changed |= _write(self.greylist_access, GREYLIST_ACCESS_MAP.format(
+            detail=GREYLIST_DETAIL))
         changed |= _write(self.vmailbox, "".join(
             "%s@%s %s/%s/\n" % (u, DOMAIN, DOMAIN, u) for u in USERS))
         return changed
@@ -987,6 +1098,80 @@ class Rspamd(Service):
         self.stack.wait_ready(services=[self])
 
 
+class Auxd(Service):
+    """The stack's own small stdlib daemon (DIR/aux/auxd.py, generated from
+    AUXD_SCRIPT, run with /usr/bin/python3 as nobody):
+
+    - greylisting policy service for the inbound MX on HOST:GREYLIST_POLICY_PORT
+      (Postfix asks it only for +greylist recipients); N is read from
+      DIR/aux/greylist-seconds at each new message (set_greylist_seconds());
+    - implicit-TLS front on HOST:IMAPS_EXPIRED_PORT presenting the EXPIRED
+      certificate and passing the plaintext on to Dovecot IMAP (HOST:IMAP_PORT).
+      (Dovecot 2.3 cannot give one listener its own certificate: its config
+      filters are protocol, local/remote IP and SNI name, not the port.)"""
+    name = "auxd"
+    packages = ()
+
+    def __init__(self, stack):
+        super().__init__(stack)
+        s = stack
+        self.conf_dir = os.path.join(s.dir, "aux")
+        self.script = os.path.join(self.conf_dir, "auxd.py")
+        self.conf = os.path.join(self.conf_dir, "auxd.json")
+        self.seconds_file = os.path.join(self.conf_dir, "greylist-seconds")
+        self.log = os.path.join(s.log_dir, "auxd.log")
+        self.start_log = os.path.join(s.log_dir, "auxd-start.log")
+
+    def pidfile(self):
+        return os.path.join(self.conf_dir, "auxd.pid")
+
+    def matches(self, pid):
+        cmd = _proc_cmdline(pid)
+        return self.script in cmd and self.conf in cmd
+
+    def endpoints(self):
+        return [("tcp", HOST, GREYLIST_POLICY_PORT), ("tcp", HOST, IMAPS_EXPIRED_PORT)]
+
+    def info(self):
+        return {"script": self.script, "config": self.conf, "log": self.log,
+                "greylist_policy": "inet:%s:%d" % (HOST, GREYLIST_POLICY_PORT),
+                "greylist_seconds_file": self.seconds_file,
+                "imaps_expired_port": IMAPS_EXPIRED_PORT,
+                "imaps_expired_backend": "%s:%d" % (HOST, IMAP_PORT)}
+
+    @staticmethod
+    def python():
+        return "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+
+    def write_config(self):
+        s = self.stack
+        _mkdir(self.conf_dir, 0o755)
+        if not os.path.exists(self.seconds_file):
+            _write(self.seconds_file, "%g\n" % GREYLIST_DEFAULT_SECONDS, 0o644)
+        cfg = {"host": HOST, "greylist_port": GREYLIST_POLICY_PORT,
+               "greylist_seconds_file": self.seconds_file,
+               "greylist_default_seconds": GREYLIST_DEFAULT_SECONDS,
+               "greylist_stale_seconds": GREYLIST_STALE_SECONDS,
+               "greylist_action": GREYLIST_ACTION,
+               "imaps_expired_port": IMAPS_EXPIRED_PORT,
+               "imap_backend": [HOST, IMAP_PORT],
+               "cert": s.expired_cert, "key": s.expired_key,
+               "pidfile": self.pidfile(), "log": self.log, "user": "nobody"}
+        changed = _write(self.script, AUXD_SCRIPT, 0o755)
+        changed |= _write(self.conf, json.dumps(cfg, indent=1, sort_keys=True) + "\n", 0o644)
+        return changed
+
+    def start(self):
+        self.clear_stale_pidfile()
+        self._spawn([self.python(), self.script, self.conf], self.start_log)
+
+    def reload(self):
+        # the greylist table is in memory: a restart forgets it (short)
+        self.stop()
+        self.start()
+        self.stack.wait_ready(services=[self])
+
+
 # --------------------------------------------------------------------------
 # The stack
 # --------------------------------------------------------------------------
@@ -1000,6 +1185,9 @@ class MailStack:
         self.ca_key = os.path.join(self.tls_dir, "ca.key")
         self.tls_cert = os.path.join(self.tls_dir, "server.pem")
         self.tls_key = os.path.join(self.tls_dir, "server.key")
+        # EXPIRED server certificate (stack CA, DNS:localhost), ports *_EXPIRED_PORT
+        self.expired_cert = os.path.join(self.tls_dir, "expired.pem")
+        self.expired_key = os.path.join(self.tls_dir, "expired.key")
         self.secrets_dir = os.path.join(self.dir, "secrets")
         self.initial_passwords = os.path.join(self.secrets_dir, "initial-passwords.json")
         self.mail_dir = os.path.join(self.dir, "mail")
@@ -1021,7 +1209,8 @@ class MailStack:
         self.rspamd = Rspamd(self)
         self.dovecot = Dovecot(self)
         self.postfix = Postfix(self)
-        self.services = [self.dnsmasq, self.rspamd, self.dovecot, self.postfix]
+        self.auxd = Auxd(self)
+        self.services = [self.dnsmasq, self.rspamd, self.dovecot, self.auxd, self.postfix]
 
     def _say(self, msg):
         if self.verbose:
@@ -1054,6 +1243,7 @@ class MailStack:
                 svc.start()
                 actions.append("%s started" % svc.name)
         self.wait_ready()
+        self._ensure_quota_full()
         info = self.write_stack_json()
         self._say("up in %.2fs: %s" % (time.monotonic() - t0, "; ".join(actions)))
         return info
@@ -1148,6 +1338,43 @@ class MailStack:
             os.chmod(self.tls_key, 0o600)
             os.chmod(self.tls_cert, 0o644)
             os.unlink(csr)
+        if new_ca or not (os.path.exists(self.expired_cert) and os.path.exists(self.expired_key)):
+            self._make_expired_cert(cnf, log)
+
+    def _make_expired_cert(self, cnf, log, days_ago=1, valid_days=30):
+        """A server certificate for TLS_HOSTNAME signed by the stack CA whose
+        notAfter lies days_ago in the past.  OpenSSL 3.0's "x509 -req" has no
+        -not_after (3.4+) and -days cannot go negative: "openssl ca" with
+        -startdate/-enddate and a throw-away CA database does it."""
+        self._say("generating EXPIRED server certificate for %s" % TLS_HOSTNAME)
+        work = os.path.join(self.tls_dir, "expired-ca.tmp")
+        _mkdir(work, 0o700)
+        try:
+            db, serial = os.path.join(work, "index.txt"), os.path.join(work, "serial")
+            _write(db, "", 0o600)
+            _write(serial, secrets.token_hex(16).upper() + "\n", 0o600)
+            ca_cnf = os.path.join(work, "ca.cnf")
+            _write(ca_cnf, OPENSSL_EXPIRED_CA_CNF.format(db=db, serial=serial, work=work), 0o600)
+            now = time.time()
+            fmt = "%Y%m%d%H%M%SZ"
+            start = time.strftime(fmt, time.gmtime(now - (days_ago + valid_days) * 86400))
+            end = time.strftime(fmt, time.gmtime(now - days_ago * 86400))
+            csr, key = os.path.join(work, "expired.csr"), os.path.join(work, "expired.key")
+            cert = os.path.join(work, "expired.pem")
+            _run(["openssl", "req", "-new", "-config", cnf, "-newkey", "rsa:2048", "-nodes",
+                  "-keyout", key, "-out", csr, "-subj", "/CN=%s" % TLS_HOSTNAME], log=log)
+            _run(["openssl", "ca", "-batch", "-config", ca_cnf, "-cert", self.ca,
+                  "-keyfile", self.ca_key, "-in", csr, "-out", cert, "-notext",
+                  "-startdate", start, "-enddate", end,
+                  "-extfile", cnf, "-extensions", "server_ext"], log=log)
+            os.chmod(key, 0o600)
+            os.chmod(cert, 0o644)
+            os.replace(key, self.expired_key)
+            os.replace(cert, self.expired_cert)
+        finally:
+            for name in os.listdir(work):
+                os.unlink(os.path.join(work, name))
+            os.rmdir(work)
 
     # ------------------------------------------------------------ DKIM keys
     def _ensure_dkim(self):
@@ -1326,7 +1553,8 @@ class MailStack:
     def _write_passwd_file(self):
         dv = self.dovecot
         _mkdir(dv.conf_dir, 0o755)
-        lines = "".join("%s:{PLAIN}%s::::::\n" % (self.address(u), self.password(u))
+        lines = "".join("%s:{PLAIN}%s::::::%s\n" % (self.address(u), self.password(u),
+                                                   USER_EXTRA_FIELDS.get(u, ""))
                         for u in USERS)
         old = os.stat(dv.passwd_file).st_mtime if os.path.exists(dv.passwd_file) else 0
         gid = grp.getgrnam("dovecot").gr_gid
@@ -1361,6 +1589,80 @@ class MailStack:
         self._write_passwd_file()
         if os.path.exists(self.stack_json):
             self.write_stack_json()
+
+    # ------------------------------------------------------- greylisting
+    def greylist_seconds(self):
+        """N of the greylist knob (GREYLIST_DEFAULT_SECONDS unless set)."""
+        try:
+            with open(self.auxd.seconds_file) as fh:
+                return float(fh.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            return float(GREYLIST_DEFAULT_SECONDS)
+
+    def set_greylist_seconds(self, seconds=GREYLIST_DEFAULT_SECONDS):
+        """Greylist +greylist recipients at the inbound MX for `seconds`
+        (0: let them through at once; DEFAULT or no argument: back to 3).
+        auxd reads the value when it first sees a message: messages already
+        being greylisted keep the N they started with."""
+        if seconds is DEFAULT or seconds is None:
+            seconds = GREYLIST_DEFAULT_SECONDS
+        seconds = float(seconds)
+        if not 0 <= seconds <= 86400:
+            raise ValueError("greylist seconds out of range: %r" % seconds)
+        _mkdir(self.auxd.conf_dir, 0o755)
+        _write(self.auxd.seconds_file, "%g\n" % seconds, 0o644)
+        if os.path.exists(self.stack_json):
+            self.write_stack_json()
+        return seconds
+
+    # ------------------------------------------------------------- quota
+    def quota(self, user):
+        """{"STORAGE": (value_kib, limit_kib or None), "MESSAGE": (...)} from
+        doveadm quota get."""
+        out = self.dovecot.doveadm("quota", "get", "-u", self.address(user)).stdout
+        res = {}
+        for line in out.splitlines():
+            parts = line.split()
+            for kind in ("STORAGE", "MESSAGE"):
+                if kind in parts:
+                    i = parts.index(kind)
+                    limit = parts[i + 2] if len(parts) > i + 2 else "-"
+                    res[kind] = (int(parts[i + 1]), None if limit == "-" else int(limit))
+        return res
+
+    def _ensure_quota_full(self):
+        """Make sure QUOTA_FULL_USER is over its quota: store a filler message
+        straight into its Maildir (APPEND and LMTP would be refused: over
+        quota) and let Dovecot recount."""
+        user = QUOTA_FULL_USER
+        value, limit = self.quota(user).get("STORAGE", (0, None))
+        if limit is not None and value > limit:
+            return False
+        vm = pwd.getpwnam(VMAIL_USER)
+        maildir = self.mailbox_path(user)
+        for d in (os.path.dirname(os.path.dirname(maildir)), os.path.dirname(maildir),
+                  maildir, os.path.join(maildir, "cur"), os.path.join(maildir, "new"),
+                  os.path.join(maildir, "tmp")):
+            if not os.path.isdir(d):
+                _mkdir(d, 0o700, vm.pw_uid, vm.pw_gid)
+        body = ("From: MAILER-DAEMON@%s\r\nTo: %s\r\nSubject: mailstack quota filler\r\n"
+                "Date: %s\r\nMessage-ID: <quota-filler-%s@%s>\r\n\r\n"
+                % (DOMAIN, self.address(user),
+                   time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime()),
+                   secrets.token_hex(8), DOMAIN))
+        line = "This message keeps the mailbox over its quota (tests/mailstack.py).\r\n"
+        body += line * (QUOTA_FULL_FILLER_BYTES // len(line) + 1)
+        name = "%d.M%dP%d.mailstack-filler" % (time.time(), secrets.randbits(20), os.getpid())
+        tmp = os.path.join(maildir, "tmp", name)      # Maildir: write in tmp/, move to new/
+        _write(tmp, body, 0o600, vm.pw_uid, vm.pw_gid)
+        os.rename(tmp, os.path.join(maildir, "new", name))
+        self.dovecot.doveadm("quota", "recalc", "-u", self.address(user))
+        value, limit = self.quota(user).get("STORAGE", (0, None))
+        if limit is None or value <= limit:
+            raise StackError("%s is not over quota after the filler: %s KiB of %s KiB"
+                             % (self.address(user), value, limit))
+        self._say("%s filled over quota (%d KiB of %d KiB)" % (self.address(user), value, limit))
+        return True
 
     # ------------------------------------------------------------- queue
     def queue(self):
@@ -1547,9 +1849,14 @@ class MailStack:
             "host": HOST,
             "tls_hostname": TLS_HOSTNAME,
             "ports": {"submission": SUBMISSION_PORT, "submissions": SUBMISSIONS_PORT,
-                      "mx": MX_PORT, "imap": IMAP_PORT, "imaps": IMAPS_PORT},
+                      "mx": MX_PORT, "imap": IMAP_PORT, "imaps": IMAPS_PORT,
+                      "submissions_expired": SUBMISSIONS_EXPIRED_PORT,
+                      "imaps_expired": IMAPS_EXPIRED_PORT,
+                      "greylist_policy": GREYLIST_POLICY_PORT},
             "ca": self.ca,
-            "tls": {"ca": self.ca, "cert": self.tls_cert, "key": self.tls_key},
+            "tls": {"ca": self.ca, "cert": self.tls_cert, "key": self.tls_key,
+                    "expired_cert": self.expired_cert, "expired_key": self.expired_key,
+                    "expired_not_after": self._cert_not_after(self.expired_cert)},
             "users": {u: {"address": self.address(u), "login": self.address(u),
                           "password": self.password(u),
                           "password_file": self.password_file(u),
@@ -1557,6 +1864,7 @@ class MailStack:
             "logs": {svc.name: svc.log for svc in self.services},
             "postfix": self.postfix.info(),
             "dovecot": self.dovecot.info(),
+            "auxd": self.auxd.info(),
             "faults": {"hold": "+hold", "tempfail": "+tempfail", "reject": "+reject",
                        "tempfail_reply": HOLD_TEMPFAIL_REPLY, "reject_reply": REJECT_REPLY,
                        "forge": "+forge", "forged_header": FORGED_AUTH_RESULTS,
@@ -1574,7 +1882,62 @@ class MailStack:
                            "Postfix bounces at once: a DSN (multipart/report, "
                            "message/delivery-status, Status: 5.1.1, the original message) "
                            "from MAILER-DAEMON to the envelope sender lands in its INBOX"
-                           % (DOMAIN, "/".join(USERS), MX_PORT))},
+                           % (DOMAIN, "/".join(USERS), MX_PORT)),
+                       "quota_full_user": self.address(QUOTA_FULL_USER),
+                       "quota_full_limit": QUOTA_FULL_LIMIT,
+                       "quota_full_reply": QUOTA_FULL_REPLY % self.address(QUOTA_FULL_USER),
+                       "quota_status_action": "action=" + QUOTA_STATUS_OVERQUOTA,
+                       "quota_full_description": (
+                           "RCPT TO:<%s> (any +detail too) on the submission ports (%d, %d, "
+                           "%d) is answered %r by Dovecot's quota-status policy service: the "
+                           "mailbox (quota %s) holds a filler message stored at up; other "
+                           "users are unaffected" % (
+                               self.address(QUOTA_FULL_USER), SUBMISSION_PORT,
+                               SUBMISSIONS_PORT, SUBMISSIONS_EXPIRED_PORT,
+                               QUOTA_FULL_REPLY % self.address(QUOTA_FULL_USER),
+                               QUOTA_FULL_LIMIT)),
+                       "greylist": "+" + GREYLIST_DETAIL,
+                       "greylist_seconds": self.greylist_seconds(),
+                       "greylist_default_seconds": GREYLIST_DEFAULT_SECONDS,
+                       "greylist_action": "action=" + GREYLIST_ACTION,
+                       "greylist_reply": GREYLIST_REPLY % ("probe+%s@%s" % (GREYLIST_DETAIL,
+                                                                            DOMAIN)),
+                       "greylist_description": (
+                           "mail to <user>+%s@%s (or +%s-*, +%s.*, +%s_*) is deferred by the "
+                           "inbound MX (port %d) at RCPT (450 4.7.1) until the message "
+                           "(client, sender, recipient, size) was first seen N s ago "
+                           "(set_greylist_seconds(n), default %g; read when a message is "
+                           "first seen); the relay retries every 1-2 s, so it lands in INBOX "
+                           "about N..N+2 s after submission"
+                           % (GREYLIST_DETAIL, DOMAIN, GREYLIST_DETAIL, GREYLIST_DETAIL,
+                              GREYLIST_DETAIL, MX_PORT, GREYLIST_DEFAULT_SECONDS)),
+                       "noauth_user": self.address(NOAUTH_USER),
+                       "noauth_reply": NOAUTH_REPLY,
+                       "noauth_description": (
+                           "%s has a password (password file like the others) but SMTP AUTH "
+                           "on the submission ports fails with %r (Dovecot deny passdb for "
+                           "auth service %s); IMAP LOGIN with the same password works"
+                           % (self.address(NOAUTH_USER), NOAUTH_REPLY,
+                              "/".join(NOAUTH_SERVICES))),
+                       "sender_reject": "+" + SENDER_REJECT_DETAIL,
+                       "sender_reject_reply": SENDER_REJECT_REPLY % (
+                           "probe+%s@%s" % (SENDER_REJECT_DETAIL, DOMAIN)),
+                       "sender_reject_description": (
+                           "MAIL FROM:<<user>+%s@%s> (or +%s-*, .*, _*) on the submission "
+                           "ports is answered %r at MAIL FROM (smtpd_delay_reject=no there)"
+                           % (SENDER_REJECT_DETAIL, DOMAIN, SENDER_REJECT_DETAIL,
+                              SENDER_REJECT_REPLY % ("<user>+%s@%s" % (SENDER_REJECT_DETAIL,
+                                                                       DOMAIN)))),
+                       "expired_cert": self.expired_cert,
+                       "expired_ports": {"submissions_expired": SUBMISSIONS_EXPIRED_PORT,
+                                         "imaps_expired": IMAPS_EXPIRED_PORT},
+                       "expired_description": (
+                           "implicit TLS on %s:%d (Postfix submissions, AUTH) and %s:%d "
+                           "(IMAPS, auxd TLS front to Dovecot) presents a certificate for %s "
+                           "from the stack CA that has EXPIRED: verification fails with "
+                           "'certificate has expired'; everything else is as on %d/%d"
+                           % (HOST, SUBMISSIONS_EXPIRED_PORT, HOST, IMAPS_EXPIRED_PORT,
+                              TLS_HOSTNAME, SUBMISSIONS_PORT, IMAPS_PORT))},
             "dns": self.dnsmasq.info(),
             "dkim": {"selector": DKIM_SELECTOR, "domain": DOMAIN, "name": DKIM_NAME,
                      "private_key": self.dkim_key, "other_private_key": self.dkim_other_key,
@@ -1586,6 +1949,11 @@ class MailStack:
             "rspamd": self.rspamd.info(),
             "authserv_id": AUTHSERV_ID,
         }
+
+    @staticmethod
+    def _cert_not_after(path):
+        res = _run(["openssl", "x509", "-in", path, "-noout", "-enddate"], check=False)
+        return res.stdout.strip().split("=", 1)[-1] if res.returncode == 0 else None
 
     def write_stack_json(self):
         info = self.info()
@@ -1634,6 +2002,23 @@ subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid:always
 """
 
+# "openssl ca" for the expired certificate (a throw-away database)
+OPENSSL_EXPIRED_CA_CNF = """\
+[ ca ]
+default_ca = expired_ca
+[ expired_ca ]
+database = {db}
+serial = {serial}
+new_certs_dir = {work}
+default_md = sha256
+policy = policy_any
+unique_subject = no
+email_in_dn = no
+copy_extensions = none
+[ policy_any ]
+commonName = supplied
+"""
+
 # {{ }} are literal braces for str.format
 DOVECOT_CONF = """\
 # generated by tests/mailstack.py -- do not edit
@@ -1659,6 +2044,13 @@ auth_verbose = yes
 auth_cache_size = 0
 recipient_delimiter = +
 
+# noauth knob: users listed as "<service>/<user>" are refused for that auth
+# service whatever the password (Postfix SASL asks as service "smtp").
+passdb {{
+  driver = passwd-file
+  args = username_format=%{{service}}/%Lu {deny_file}
+  deny = yes
+}}
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%Lu {passwd_file}
@@ -1700,14 +2092,32 @@ plugin {{
   sieve = file:~/sieve;active=~/.dovecot.sieve
   # global, runs before the user's own script: +junk -> Junk
   sieve_before = {sieve_before}
+  # quota-status (Postfix policy service on the submission ports): only an
+  # over-quota recipient is refused; unknown users are the MX's business
+  quota_status_success = DUNNO
+  quota_status_nouser = DUNNO
+  quota_status_overquota = "{quota_reply}"
 }}
 
 protocol imap {{
   mail_plugins = $mail_plugins imap_quota
+  # Dovecot's default is 10 per user and client address; every probe holds
+  # one IMAP session per watched folder, and the tests run twenty at once.
+  mail_max_userip_connections = 100
 }}
 protocol lmtp {{
   mail_plugins = $mail_plugins sieve
   postmaster_address = postmaster@{domain}
+}}
+
+# No authentication penalty: after a failed login Dovecot delays the next
+# logins from the same address (2, 4, 8, 15 s), correct ones included, and
+# the tests log in wrongly on purpose.  The 2 s delay of a failed reply itself
+# stays (it is not the penalty).
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
 }}
 
 service imap-login {{
@@ -1727,6 +2137,15 @@ service lmtp {{
     user = postfix
     group = postfix
   }}
+}}
+service quota-status {{
+  executable = quota-status -p postfix
+  unix_listener quota-status-postfix {{
+    mode = 0600
+    user = postfix
+    group = postfix
+  }}
+  client_limit = 1
 }}
 service auth {{
   unix_listener auth-postfix {{
@@ -1819,6 +2238,11 @@ non_smtpd_milters =
 # default (inbound) policy; submission services override
 smtpd_relay_restrictions = reject_unauth_destination
 smtpd_recipient_restrictions =
+# greylist knob (inbound MX only): greylist_access.regexp maps +greylist
+# recipients to this class; the policy service is auxd (tests/mailstack.py).
+# If auxd is down, only those recipients get 451 4.3.5 (and are retried).
+smtpd_restriction_classes = mailstack_greylist
+mailstack_greylist = check_policy_service inet:{host}:{greylist_port}
 # Unknown users are rejected at the inbound MX only (the submission ports set
 # smtpd_reject_unlisted_recipient=no): 550 5.1.1 there is a hard failure, so
 # the relaying smtp client bounces at once and a DSN goes to the sender.
@@ -1835,7 +2259,9 @@ POSTFIX_MASTER_CF = """\
   -o smtpd_tls_auth_only=yes
   -o smtpd_sasl_auth_enable=yes
   -o smtpd_relay_restrictions=permit_sasl_authenticated,reject
-  -o smtpd_recipient_restrictions=check_recipient_access,regexp:{recipient_access},permit_sasl_authenticated,reject
+  -o smtpd_delay_reject=no
+  -o smtpd_sender_restrictions=check_sender_access,regexp:{sender_access}
+  -o smtpd_recipient_restrictions=check_recipient_access,regexp:{recipient_access},check_policy_service,unix:{quota_socket},permit_sasl_authenticated,reject
   -o smtpd_reject_unlisted_recipient=no
   -o content_filter=smtp:[{host}]:{mx_port}
   -o smtpd_milters={milter}
@@ -1846,7 +2272,23 @@ POSTFIX_MASTER_CF = """\
   -o smtpd_tls_auth_only=yes
   -o smtpd_sasl_auth_enable=yes
   -o smtpd_relay_restrictions=permit_sasl_authenticated,reject
-  -o smtpd_recipient_restrictions=check_recipient_access,regexp:{recipient_access},permit_sasl_authenticated,reject
+  -o smtpd_delay_reject=no
+  -o smtpd_sender_restrictions=check_sender_access,regexp:{sender_access}
+  -o smtpd_recipient_restrictions=check_recipient_access,regexp:{recipient_access},check_policy_service,unix:{quota_socket},permit_sasl_authenticated,reject
+  -o smtpd_reject_unlisted_recipient=no
+  -o content_filter=smtp:[{host}]:{mx_port}
+  -o smtpd_milters={milter}
+{host}:{subs_expired_port} inet n  -       n       -       -       smtpd
+  -o syslog_name=postfix/submissions-expired
+  -o smtpd_tls_wrappermode=yes
+  -o smtpd_tls_security_level=encrypt
+  -o smtpd_tls_chain_files={expired_key},{expired_cert}
+  -o smtpd_tls_auth_only=yes
+  -o smtpd_sasl_auth_enable=yes
+  -o smtpd_relay_restrictions=permit_sasl_authenticated,reject
+  -o smtpd_delay_reject=no
+  -o smtpd_sender_restrictions=check_sender_access,regexp:{sender_access}
+  -o smtpd_recipient_restrictions=check_recipient_access,regexp:{recipient_access},check_policy_service,unix:{quota_socket},permit_sasl_authenticated,reject
   -o smtpd_reject_unlisted_recipient=no
   -o content_filter=smtp:[{host}]:{mx_port}
   -o smtpd_milters={milter}
@@ -1855,7 +2297,7 @@ POSTFIX_MASTER_CF = """\
   -o myhostname={mx_hostname}
   -o smtpd_sasl_auth_enable=no
   -o smtpd_relay_restrictions=reject_unauth_destination
-  -o smtpd_recipient_restrictions=
+  -o smtpd_recipient_restrictions=check_recipient_access,regexp:{greylist_access}
   -o smtpd_milters={milter}
 pickup    unix  n       -       n       60      1       pickup
 cleanup   unix  n       -       n       -       0       cleanup
@@ -2075,6 +2517,234 @@ RECIPIENT_ACCESS_MAP = """\
 /^[^@]*\\+forge([-._][^@]*)?@/        PREPEND {forged}
 """
 
+# submission ports, smtpd_sender_restrictions (smtpd_delay_reject=no there:
+# the reply comes at MAIL FROM, not at the first RCPT TO)
+SENDER_ACCESS_MAP = """\
+# generated by tests/mailstack.py -- fault knob by sender local part
+/^[^@]*\\+{detail}([-._][^@]*)?@/      {reply}
+"""
+
+# inbound MX, smtpd_recipient_restrictions: the value is a restriction class
+# (main.cf smtpd_restriction_classes) that asks auxd's greylisting policy
+GREYLIST_ACCESS_MAP = """\
+# generated by tests/mailstack.py -- fault knob by recipient local part
+/^[^@]*\\+{detail}([-._][^@]*)?@/      mailstack_greylist
+"""
+
+
+# The auxd daemon (written to DIR/aux/auxd.py, run as "python3 auxd.py
+# DIR/aux/auxd.json"; stdlib only, no str.format on this text).
+AUXD_SCRIPT = r"""#!/usr/bin/python3
+# generated by tests/mailstack.py -- do not edit
+# auxd: the mail stack's small helpers, one process (threads):
+#  * Postfix policy service (greylisting) on host:greylist_port.  Postfix asks
+#    only for +greylist recipients.  A message is (client_address, sender,
+#    recipient, size): "defer_if_permit ..." until it was first seen N s ago,
+#    then "dunno" and the entry is forgotten (the next message waits again).
+#    N is read from greylist_seconds_file when a message is first seen.
+#  * implicit-TLS front on host:imaps_expired_port presenting cert/key (the
+#    EXPIRED certificate), plaintext passed on to imap_backend (Dovecot IMAP).
+import json
+import os
+import pwd
+import select
+import signal
+import socket
+import ssl
+import sys
+import threading
+import time
+
+LOCK = threading.Lock()
+
+
+def log(msg):
+    t = time.time()
+    line = "%s.%06d auxd: %s\n" % (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)),
+                                    int((t % 1) * 1e6), msg)
+    with LOCK:
+        sys.stderr.write(line)
+        sys.stderr.flush()
+
+
+def listen(host, port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, port))
+    s.listen(64)
+    return s
+
+
+def serve(sock, handler):
+    while True:
+        try:
+            conn, peer = sock.accept()
+        except OSError:
+            continue
+        t = threading.Thread(target=handler, args=(conn, peer), daemon=True)
+        t.start()
+
+
+class Greylist:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.seen = {}
+        self.lock = threading.Lock()
+
+    def seconds(self):
+        try:
+            with open(self.cfg["greylist_seconds_file"]) as fh:
+                return float(fh.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            return float(self.cfg["greylist_default_seconds"])
+
+    def decide(self, a):
+        key = (a.get("client_address", ""), a.get("sender", "").lower(),
+               a.get("recipient", "").lower(), a.get("size", ""))
+        now = time.time()
+        stale = float(self.cfg["greylist_stale_seconds"])
+        defer = self.cfg["greylist_action"]
+        with self.lock:
+            for k, (first, n) in list(self.seen.items()):
+                if now - first > n + stale:
+                    del self.seen[k]
+            entry = self.seen.get(key)
+            if entry is None:
+                n = self.seconds()
+                if n <= 0:
+                    return "dunno", key, "greylisting off (N=0)"
+                self.seen[key] = (now, n)
+                return defer, key, "first seen, N=%gs" % n
+            first, n = entry
+            age = now - first
+            if age >= n:
+                del self.seen[key]
+                return "dunno", key, "passed after %.3fs (N=%gs)" % (age, n)
+            return defer, key, "age %.3fs < N=%gs" % (age, n)
+
+    def handle(self, conn, peer):
+        try:
+            f = conn.makefile("rwb")
+            while True:
+                attrs = {}
+                while True:
+                    line = f.readline()
+                    if not line:
+                        return
+                    line = line.rstrip(b"\r\n").decode("utf-8", "replace")
+                    if not line:
+                        break
+                    k, _, v = line.partition("=")
+                    attrs[k] = v
+                if attrs.get("request") != "smtpd_access_policy":
+                    action, why = "dunno", "not a policy request"
+                    key = None
+                else:
+                    action, key, why = self.decide(attrs)
+                log("greylist %s -> action=%s (%s) queue_id=%s" % (
+                    key, action, why, attrs.get("queue_id", "")))
+                f.write(("action=%s\n\n" % action).encode())
+                f.flush()
+        except OSError as e:
+            log("greylist connection error: %s" % e)
+        finally:
+            conn.close()
+
+
+class TLSFront:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.ctx.load_cert_chain(cfg["cert"], cfg["key"])
+
+    def handle(self, conn, peer):
+        up = None
+        try:
+            conn.settimeout(15)
+            try:
+                tls = self.ctx.wrap_socket(conn, server_side=True)
+            except (ssl.SSLError, OSError) as e:
+                # a bare TCP probe (status) closes at once: not worth a line
+                if not isinstance(e, (ssl.SSLEOFError, ConnectionResetError, socket.timeout)) \
+                        and "EOF" not in str(e):
+                    log("imaps-expired %s:%d handshake failed: %s" % (peer[0], peer[1], e))
+                conn.close()
+                return
+            host, port = self.cfg["imap_backend"]
+            up = socket.create_connection((host, port), timeout=15)
+            tls.settimeout(None)
+            up.settimeout(None)
+            log("imaps-expired %s:%d connected (a client that accepted the expired "
+                "certificate), -> %s:%d" % (peer[0], peer[1], host, port))
+            while True:
+                if tls.pending():
+                    ready = [tls]
+                else:
+                    ready, _, _ = select.select([tls, up], [], [], 600)
+                if not ready:
+                    break
+                for s in ready:
+                    data = s.recv(65536)
+                    if not data:
+                        return
+                    (up if s is tls else tls).sendall(data)
+        except (ssl.SSLError, OSError):
+            pass
+        finally:
+            for s in (up, conn):
+                try:
+                    if s is not None:
+                        s.close()
+                except OSError:
+                    pass
+
+
+def main():
+    with open(sys.argv[1]) as fh:
+        cfg = json.load(fh)
+    host = cfg["host"]
+    gl_sock = listen(host, cfg["greylist_port"])
+    tls_sock = listen(host, cfg["imaps_expired_port"])
+    greylist, front = Greylist(cfg), TLSFront(cfg)    # loads the key while root
+    logf = open(cfg["log"], "a")
+    rfd, wfd = os.pipe()
+    if os.fork():                       # parent: wait for the daemon to be ready
+        os.close(wfd)
+        ok = os.read(rfd, 16) == b"ok"
+        os._exit(0 if ok else 1)
+    os.close(rfd)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    with open(cfg["pidfile"] + ".tmp", "w") as fh:
+        fh.write("%d\n" % os.getpid())
+    os.rename(cfg["pidfile"] + ".tmp", cfg["pidfile"])
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(logf.fileno(), 1)
+    os.dup2(logf.fileno(), 2)
+    os.chdir("/")
+    pw = pwd.getpwnam(cfg["user"])
+    os.setgroups([])
+    os.setgid(pw.pw_gid)
+    os.setuid(pw.pw_uid)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
+    for sock, handler in ((gl_sock, greylist.handle), (tls_sock, front.handle)):
+        threading.Thread(target=serve, args=(sock, handler), daemon=True).start()
+    log("started pid %d: greylist policy %s:%d, imaps-expired %s:%d -> %s:%d" % (
+        os.getpid(), host, cfg["greylist_port"], host, cfg["imaps_expired_port"],
+        cfg["imap_backend"][0], cfg["imap_backend"][1]))
+    os.write(wfd, b"ok")
+    os.close(wfd)
+    while True:
+        signal.pause()
+
+
+if __name__ == "__main__":
+    main()
+"""
 
 # --------------------------------------------------------------------------
 # CLI
