@@ -271,3 +271,12 @@ def test_malformed_header_is_reported_not_a_crash(value):
     check = with_verdicts(f"Authentication-Results: {value}\r\nSubject: x\r\n\r\n".encode())
     assert check.state == Warn
     assert check.summary_str.startswith("the receiver's Authentication-Results header does not parse: Syntax error")
+
+
+def test_world_readable_password_file_makes_an_ok_run_a_warning(tmp_path):
+    path = tmp_path / "pw"
+    path.write_text("pw\n")
+    path.chmod(0o644)
+    check = evaluate(delivered(), "--smtp-password-file", str(path))
+    assert check.state == Warn
+    assert check.summary_str == f"SMTP password file {path} is readable by every user (chmod o-r)"

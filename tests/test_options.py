@@ -121,3 +121,14 @@ def test_user_without_password_is_a_usage_error(monkeypatch):
     monkeypatch.delenv("CHECK_EMAIL_ROUNDTRIP_SMTP_PASSWORD")
     with pytest.raises(UsageError, match="needs a password"):
         parse_settings(BASE)
+
+
+def test_world_readable_password_file_is_accepted_with_a_warning(tmp_path, monkeypatch):
+    monkeypatch.delenv("CHECK_EMAIL_ROUNDTRIP_SMTP_PASSWORD")
+    path = tmp_path / "pw"
+    path.write_text("pw\n")
+    path.chmod(0o644)
+    settings = parse_settings(BASE + ["--smtp-password-file", str(path)])
+    assert settings.config_warnings == (f"SMTP password file {path} is readable by every user (chmod o-r)",)
+    path.chmod(0o640)  # the nagios group may read it
+    assert parse_settings(BASE + ["--smtp-password-file", str(path)]).config_warnings == ()
