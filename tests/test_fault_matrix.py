@@ -259,3 +259,26 @@ def test_twenty_probes_at_once_each_find_their_own_message(stack, tmp_path):
     assert len({marker for marker, _ in found}) == 20 and len({uid for _, uid in found}) == 20
     memory = json.loads(state.read_text())  # twenty concurrent writers, one valid file
     assert memory["slow_streak"] == 0 and memory["pending"] == []
+
+
+def test_non_ascii_sender_goes_out_with_smtputf8(stack):
+    # Postfix offers SMTPUTF8: the submission of a non-ASCII address is OK
+    run = run_plugin(*base_args(stack), "--mode", "submit", "--from", "prüfung@example.test")
+    assert run.returncode == 0 and run.state == "OK", run.describe()
+
+
+def test_non_ascii_address_without_smtputf8_is_refused_clearly(stack, tmp_path):
+    def respond(line):
+        verb = line.upper()[:4]
+        if verb == b"EHLO":
+            return b"250-old\r\n250 AUTH PLAIN\r\n"
+        return b"235 ok\r\n" if verb == b"AUTH" else None
+
+    args, close = _with_listener(respond)(stack, tmp_path)
+    try:
+        run = run_plugin(*args, "--from", "prüfung@example.test")
+    finally:
+        close()
+    assert run.returncode == 2, run.describe()
+    assert run.first_line.split(" | ")[0] == ("EMAIL_ROUNDTRIP CRITICAL - SMTP MAIL FROM impossible: the addresses "
+                                              "are not ASCII and the server offers no SMTPUTF8")
