@@ -296,6 +296,7 @@ def run_roundtrip(settings: Settings, deadline: Deadline, pending: Sequence[Pend
                 log.info("found UID %d in %s after %.3f s", outcome.found_uid, found.mailbox.folder, outcome.roundtrip)
                 if found.kind == "junk":
                     outcome.junk_folder = found.mailbox.folder
+                    outcome.retrieval = found.mailbox.timings  # the look into the folder that had it
                 if settings.cleanup:
                     outcome.cleaned_up = found.mailbox.delete([outcome.found_uid])
                     log.info("deleted this run's message: %s", "done" if outcome.cleaned_up else

@@ -12,6 +12,7 @@ def test_probe_filed_into_junk_is_a_warning_with_the_round_trip(stack):
     run = run_plugin(*implicit_tls_args(stack, "probe", "--to", "probe+junk@example.test", "--wait", "20"))
     assert_state(run, 1, "WARNING", 'EMAIL_ROUNDTRIP WARNING - delivered to Junk folder "Junk" after ')
     assert 0 < run.perfdata["roundtrip"] < 20
+    assert "imap_retrieval" in run.perfdata  # measured on the Junk folder's session
 
 
 def test_junk_state_is_configurable(stack):
