@@ -19,7 +19,7 @@ import nagiosplugin
 from . import __version__
 from .check import CHECK_NAME, DEFAULT_PHASE_WARNING, PHASE_LABELS, build_check
 from .memory import default_state_file
-from .net import make_ssl_context
+from .net import TlsContext
 from .policy import AuthPolicy, parse_policy_rule
 from .probe import TRACE, log, run_poll, run_roundtrip, run_submit
 from .settings import BounceWatch, Endpoint, Mode, PollCriteria, Secret, Security, Settings
@@ -310,13 +310,16 @@ def _endpoint(host, port, security, default_ports, default_security, user, passw
     return Endpoint(host=host, port=port, security=security, user=user, password=password)
 
 
-def _tls_context(ca_file: Optional[str], insecure: bool) -> ssl.SSLContext:
-    try:
-        return make_ssl_context(ca_file, insecure)
-    except ssl.SSLError as exc:  # before OSError: it is one
-        raise UsageError(f"cannot use --ca-file {ca_file}: no usable certificate in it ({exc.reason})") from None
-    except OSError as exc:
-        raise UsageError(f"cannot use --ca-file {ca_file}: {exc.strerror}") from None
+def _tls_context(ca_file: Optional[str], insecure: bool) -> TlsContext:
+    context = TlsContext(ca_file, insecure)
+    if ca_file:  # load it now: a bad file is a usage error, not a failed probe
+        try:
+            context.get()
+        except ssl.SSLError as exc:  # before OSError: it is one
+            raise UsageError(f"cannot use --ca-file {ca_file}: no usable certificate in it ({exc.reason})") from None
+        except OSError as exc:
+            raise UsageError(f"cannot use --ca-file {ca_file}: {exc.strerror}") from None
+    return context
 
 
 def _critical_end(critical: nagiosplugin.Range, warning: nagiosplugin.Range) -> float:

@@ -12,14 +12,13 @@ import datetime
 import imaplib
 import re
 import socket
-import ssl
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
 from .deadline import Deadline
 from .errors import Phase, ProbeError
-from .net import connect_tcp, connection_error, hint_implicit_tls, wrap_tls
+from .net import TlsContext, connect_tcp, connection_error, hint_implicit_tls, wrap_tls
 from .settings import Endpoint, Security
 
 
@@ -108,7 +107,7 @@ class Mailbox:
     def __init__(
         self,
         endpoint: Endpoint,
-        tls_context: ssl.SSLContext,
+        tls_context: TlsContext,
         folder: str,
         deadline: Deadline,
         timings: RetrievalTimings,
@@ -144,7 +143,7 @@ class Mailbox:
                 if "STARTTLS" not in self._imap.capabilities:
                     raise ProbeError(phase, "not offered by the server: refusing to continue without TLS")
                 try:
-                    self._imap.starttls(self.tls_context)
+                    self._imap.starttls(self.tls_context.get())
                 except OSError as exc:  # ssl.SSLError is an OSError
                     raise connection_error(phase, endpoint.host, endpoint.port, exc, self._socket_timeout) from None
                 self.timings.starttls = time.monotonic() - step

@@ -6,7 +6,6 @@ ProbeError (and whose timings hold the phases that did complete), or whose
 ``timeout`` says the ``-t`` budget ran out and in which stage.
 """
 
-import email.parser
 import email.policy
 import logging
 import socket
@@ -21,7 +20,6 @@ from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tupl
 from . import __version__
 from .deadline import Deadline
 from .errors import Phase, ProbeError, RunTimeout
-from .imap import Mailbox, RetrievalTimings
 from .dsn import Bounce, parse_dsn
 from .marker import MARKER_PATTERN, MARKER_PREFIX, new_marker
 from .memory import PendingProbe
@@ -30,6 +28,7 @@ from .smtp import SubmissionReceipt, SubmissionTimings, submit_message
 
 if TYPE_CHECKING:  # imported where used, so runs that never need them never load them
     from .dnscheck import DnsReport
+    from .imap import Mailbox, RetrievalTimings
     from .verdicts import AuthVerdicts
 
 log = logging.getLogger("check_email_roundtrip")
@@ -71,7 +70,7 @@ class ProbeOutcome:
     marker: Optional[str] = None
     submission: SubmissionTimings = field(default_factory=SubmissionTimings)
     receipt: Optional[SubmissionReceipt] = None
-    retrieval: Optional[RetrievalTimings] = None
+    retrieval: Optional["RetrievalTimings"] = None
     roundtrip: Optional[float] = None
     found_uid: Optional[int] = None
     header: Optional[bytes] = None  # the found message's header block
@@ -152,7 +151,7 @@ def run_submit(settings: Settings, deadline: Deadline, pending: Sequence[Pending
 class Watch:
     """One folder searched while waiting: the target, Junk, or the bounce folder."""
 
-    mailbox: Mailbox
+    mailbox: "Mailbox"
     kind: str  # "target", "junk" or "bounce"
     since_uid: int
     classified: set = field(default_factory=set)  # UIDs already looked at
@@ -160,6 +159,8 @@ class Watch:
 
 def classify(header: bytes, marker: str) -> str:
     """"probe" for this run's message, "bounce" for a DSN quoting it, else "other"."""
+    import email.parser
+
     message = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(header)
     if str(message.get("X-Check-Email-Roundtrip", "")).strip() == marker or marker in str(message.get("Subject", "")):
         return "probe"
@@ -206,7 +207,7 @@ def wait_for_arrival(watches: List[Watch], outcome: ProbeOutcome, wait: float, d
         deadline.check()
 
 
-def purge_old_probes(mailbox: Mailbox, days: float) -> int:
+def purge_old_probes(mailbox: "Mailbox", days: float) -> int:
     """Delete probe messages older than ``days`` in one folder: found by the
     marker prefix on the server, each Subject checked for a whole marker, so
     nothing without one is ever touched."""
@@ -236,7 +237,7 @@ def _read_receiver_side(settings: Settings, deadline: Deadline, outcome: ProbeOu
             outcome.auth.with_dmarc_policy(outcome.dns.dmarc_policy)
 
 
-def look_for_pending(mailbox: Mailbox, outcome: ProbeOutcome, pending: Sequence[PendingProbe], lost_after: float) -> None:
+def look_for_pending(mailbox: "Mailbox", outcome: ProbeOutcome, pending: Sequence[PendingProbe], lost_after: float) -> None:
     """Earlier probes that were not delivered in time: arrived since, or lost?"""
     if not pending:
         return
@@ -262,6 +263,8 @@ def look_for_pending(mailbox: Mailbox, outcome: ProbeOutcome, pending: Sequence[
 def run_roundtrip(settings: Settings, deadline: Deadline, pending: Sequence[PendingProbe] = ()) -> ProbeOutcome:
     """Submit a marked message and wait in IMAP until it appears (in the
     folder, in Junk) or bounces; look for ``pending`` probes of earlier runs."""
+    from .imap import Mailbox, RetrievalTimings  # not needed by submit mode: not loaded there
+
     outcome = ProbeOutcome(marker=new_marker(), retrieval=RetrievalTimings())
     message = build_message(settings, outcome.marker)
     log.info("marker %s", outcome.marker)
@@ -335,6 +338,8 @@ def poll_search_criteria(criteria, since: datetime) -> list:
 
 def run_poll(settings: Settings, deadline: Deadline, pending: Sequence[PendingProbe] = ()) -> ProbeOutcome:
     """Did a message matching the criteria arrive within the window?"""
+    from .imap import Mailbox, RetrievalTimings
+
     outcome = ProbeOutcome(retrieval=RetrievalTimings())
     now = datetime.now(timezone.utc)
     since = now - timedelta(seconds=settings.poll.window)

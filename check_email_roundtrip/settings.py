@@ -6,12 +6,12 @@ the nagiosplugin layer get a :class:`Settings` (or the part of it they need).
 
 import base64
 import enum
-import ssl
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
 import nagiosplugin
 
+from .net import TlsContext
 from .policy import AuthPolicy
 
 
@@ -97,9 +97,9 @@ class Settings:
     recipient: Optional[str]
     imap_folder: str
     helo_name: str
-    # built once by the CLI from --ca-file and --insecure (a bad CA file is a
-    # usage error, found before any connection is made)
-    tls_context: ssl.SSLContext = field(repr=False)
+    # from --ca-file and --insecure; built on first use (the CLI builds it at
+    # once when --ca-file is given, so a bad CA file is a usage error)
+    tls_context: "TlsContext" = field(repr=False)
     insecure: bool
     # -w/-c: on the round trip (roundtrip mode), the whole SMTP session (submit
     # mode) or the age of the newest matching message (poll mode)

@@ -25,7 +25,7 @@ from typing import Callable, Optional, Sequence
 
 from .deadline import Deadline
 from .errors import Phase, ProbeError
-from .net import connect_tcp, connection_error, hint_implicit_tls, wrap_tls
+from .net import TlsContext, connect_tcp, connection_error, hint_implicit_tls, wrap_tls
 from .settings import Endpoint, Security
 
 
@@ -109,7 +109,7 @@ def _disconnect_error(phase: Phase, endpoint: Endpoint, exc: BaseException, time
 
 def submit_message(
     endpoint: Endpoint,
-    tls_context: ssl.SSLContext,
+    tls_context: TlsContext,
     helo_name: str,
     envelope_from: str,
     recipients: Sequence[str],
@@ -160,7 +160,7 @@ def submit_message(
             if code != 220:
                 raise ProbeError(phase, refusal(code), code, _reply_text(text))
             try:
-                smtp.sock = tls_context.wrap_socket(smtp.sock, server_hostname=endpoint.host)
+                smtp.sock = tls_context.get().wrap_socket(smtp.sock, server_hostname=endpoint.host)
             except (OSError, ssl.SSLError) as exc:
                 raise connection_error(phase, endpoint.host, endpoint.port, exc, socket_timeout) from None
             # RFC 3207: forget everything learnt before TLS and ask again.

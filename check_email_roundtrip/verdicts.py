@@ -14,8 +14,6 @@ receivers that write one header per method, such as OpenDKIM + OpenDMARC),
 and nothing else.
 """
 
-import email.parser
-import email.policy
 import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
@@ -164,6 +162,9 @@ def _sender_ip(raw_headers: List[str]) -> Optional[str]:
 
 
 def read_verdicts(header_block: bytes, authserv_id: Optional[str] = None) -> AuthVerdicts:
+    import email.parser
+    import email.policy
+
     message = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(header_block)
     raw_headers = [_unfold(value) for value in message.get_all("Authentication-Results") or []]
     wanted = authserv_id.lower() if authserv_id else None
