@@ -6,21 +6,17 @@ ProbeError (and whose timings hold the phases that did complete), or whose
 ``timeout`` says the ``-t`` budget ran out and in which stage.
 """
 
-import email.policy
 import logging
 import socket
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import __version__
 from .deadline import Deadline
 from .errors import Phase, ProbeError, RunTimeout
-from .dsn import Bounce, parse_dsn
 from .marker import MARKER_PATTERN, MARKER_PREFIX, new_marker
 from .memory import PendingProbe
 from .settings import Settings
@@ -28,6 +24,7 @@ from .smtp import SubmissionReceipt, SubmissionTimings, submit_message
 
 if TYPE_CHECKING:  # imported where used, so runs that never need them never load them
     from .dnscheck import DnsReport
+    from .dsn import Bounce
     from .imap import Mailbox, RetrievalTimings
     from .verdicts import AuthVerdicts
 
@@ -82,7 +79,7 @@ class ProbeOutcome:
     # seconds), or now counted lost
     found_in: Optional["Watch"] = None  # the folder the probe was found in
     junk_folder: Optional[str] = None  # set when that was the Junk folder
-    bounce: Optional[Bounce] = None  # a DSN for this run's message came back
+    bounce: Optional["Bounce"] = None  # a DSN for this run's message came back
     bounced_after: Optional[float] = None
     cleaned_up: Optional[bool] = None  # --cleanup: this run's message is gone
     purged: Dict[str, int] = field(default_factory=dict)  # --purge-older-than: folder -> count
@@ -94,7 +91,12 @@ class ProbeOutcome:
 
 def build_message(settings: Settings, marker: str) -> bytes:
     """The probe message, with CRLF line ends as SMTP requires (bare LF is
-    refused by servers hardened against SMTP smuggling)."""
+    refused by servers hardened against SMTP smuggling).  Built when DATA is
+    sent: a run that fails before never loads the email package."""
+    import email.policy
+    from email.message import EmailMessage
+    from email.utils import format_datetime, make_msgid
+
     message = EmailMessage()
     message["From"] = settings.envelope_from
     message["To"] = settings.recipient
@@ -119,7 +121,7 @@ def _trace(line: str) -> None:
     log.log(TRACE, "%s", line)
 
 
-def _submit(settings: Settings, deadline: Deadline, outcome: ProbeOutcome, message: bytes) -> None:
+def _submit(settings: Settings, deadline: Deadline, outcome: ProbeOutcome, message: Callable[[], bytes]) -> None:
     log.info("SMTP %s as %s, from %s to %s", settings.smtp, settings.smtp.user or "(no AUTH)",
              settings.envelope_from, settings.recipient)
     outcome.receipt = submit_message(
@@ -139,7 +141,7 @@ def _submit(settings: Settings, deadline: Deadline, outcome: ProbeOutcome, messa
 def run_submit(settings: Settings, deadline: Deadline, pending: Sequence[PendingProbe] = ()) -> ProbeOutcome:
     outcome = ProbeOutcome(marker=new_marker())
     try:
-        _submit(settings, deadline, outcome, build_message(settings, outcome.marker))
+        _submit(settings, deadline, outcome, lambda: build_message(settings, outcome.marker))
     except ProbeError as exc:
         outcome.error = exc
     except RunTimeout as exc:
@@ -160,6 +162,7 @@ class Watch:
 def classify(header: bytes, marker: str) -> str:
     """"probe" for this run's message, "bounce" for a DSN quoting it, else "other"."""
     import email.parser
+    import email.policy
 
     message = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(header)
     if str(message.get("X-Check-Email-Roundtrip", "")).strip() == marker or marker in str(message.get("Subject", "")):
@@ -192,6 +195,8 @@ def wait_for_arrival(watches: List[Watch], outcome: ProbeOutcome, wait: float, d
                     outcome.roundtrip = seen_at - submitted_at
                     return
                 if kind == "bounce":
+                    from .dsn import parse_dsn
+
                     bounce = parse_dsn(watch.mailbox.fetch_message(uid))
                     if bounce is not None and bounce.failed:
                         outcome.bounce, outcome.bounced_after = bounce, seen_at - submitted_at
@@ -266,7 +271,7 @@ def run_roundtrip(settings: Settings, deadline: Deadline, pending: Sequence[Pend
     from .imap import Mailbox, RetrievalTimings  # not needed by submit mode: not loaded there
 
     outcome = ProbeOutcome(marker=new_marker(), retrieval=RetrievalTimings())
-    message = build_message(settings, outcome.marker)
+    message = lambda: build_message(settings, outcome.marker)  # noqa: E731 (built at DATA)
     log.info("marker %s", outcome.marker)
     trace = _trace if settings.verbose >= 3 else None
     writable = settings.cleanup or settings.purge_days is not None

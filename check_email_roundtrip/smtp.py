@@ -113,7 +113,7 @@ def submit_message(
     helo_name: str,
     envelope_from: str,
     recipients: Sequence[str],
-    message: bytes,
+    message: Callable[[], bytes],  # built when DATA is sent
     deadline: Deadline,
     timings: SubmissionTimings,
     trace: Optional[Callable[[str], None]] = None,
@@ -214,7 +214,7 @@ def submit_message(
                 raise ProbeError(phase, refusal(code), code, _reply_text(text))
         phase = enter(Phase.SMTP_DATA)
         try:
-            code, text = smtp.data(message)
+            code, text = smtp.data(message())
         except smtplib.SMTPDataError as exc:  # the DATA command itself was refused
             raise ProbeError(phase, refusal(exc.smtp_code), exc.smtp_code, _reply_text(exc.smtp_error)) from None
         if code != 250:
