@@ -67,51 +67,8 @@ INSTALL_LOG = os.path.join(WORK_ROOT, "apt.log")
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 
-try:    # the mail stack's process helpers, when importable (tests/ is on sys.path)
-    from mailstack import _descendants, _proc_alive, _proc_cmdline, _proc_stat, _read_pidfile
-except ImportError:     # pragma: no cover - a copy of the few lines needed
-    def _proc_cmdline(pid):
-        try:
-            with open("/proc/%d/cmdline" % pid, "rb") as fh:
-                return [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
-        except OSError:
-            return []
-
-    def _proc_stat(pid):
-        try:
-            with open("/proc/%d/stat" % pid) as fh:
-                data = fh.read()
-        except (OSError, ValueError):
-            return None
-        fields = data[data.rindex(")") + 2:].split()
-        return fields[0], int(fields[1]), int(fields[19])
-
-    def _proc_alive(pid, starttime=None):
-        st = _proc_stat(pid)
-        if st is None or st[0] in ("Z", "X", "x"):
-            return False
-        return starttime is None or st[2] == starttime
-
-    def _descendants(root):
-        children = {}
-        for name in os.listdir("/proc"):
-            if name.isdigit():
-                st = _proc_stat(int(name))
-                if st:
-                    children.setdefault(st[1], []).append(int(name))
-        out, todo = [], [root]
-        while todo:
-            for c in children.get(todo.pop(), ()):
-                out.append(c)
-                todo.append(c)
-        return out
-
-    def _read_pidfile(path):
-        try:
-            with open(path) as fh:
-                return int(fh.read().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mailstack import _descendants, _proc_alive, _proc_cmdline, _proc_stat, _read_pidfile  # noqa: E402
 
 
 class MonitoringError(RuntimeError):
