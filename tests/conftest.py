@@ -6,6 +6,7 @@ The stack is brought up once per session (installing Debian packages when
 missing); if this session started it, it is stopped again at the end.
 """
 
+import atexit
 import os
 import re
 import shutil
@@ -26,6 +27,11 @@ PLUGIN = "check_email_roundtrip"
 PASSWORD_ENV = ("CHECK_EMAIL_ROUNDTRIP_SMTP_PASSWORD", "CHECK_EMAIL_ROUNDTRIP_IMAP_PASSWORD")
 STATUS_LINE = re.compile(r"^EMAIL_ROUNDTRIP (OK|WARNING|CRITICAL|UNKNOWN) - \S")
 PERF_ITEM = re.compile(r"^([a-z0-9_]+)=(\d+(?:\.\d+)?)(s|c)?((?:;[^;\s]*){0,4})$")
+
+
+# default state directories of the plugin runs, removed when the session ends
+_STATE_ROOT = tempfile.mkdtemp(prefix="cer-state-")
+atexit.register(shutil.rmtree, _STATE_ROOT, True)
 
 
 @dataclass
@@ -72,7 +78,7 @@ def run_plugin(*args: str, env: Optional[Dict[str, str]] = None, timeout: float 
     full_env = {key: value for key, value in os.environ.items() if key not in PASSWORD_ENV}
     # each run its own default state file, unless a test names one: no test
     # sees another's undelivered probes
-    full_env["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="cer-state-")
+    full_env["XDG_STATE_HOME"] = tempfile.mkdtemp(dir=_STATE_ROOT)
     full_env.update(env or {})
     started = time.monotonic()
     done = subprocess.run([executable, *args], capture_output=True, text=True, env=full_env,
