@@ -91,7 +91,7 @@ class ProbeResource(nagiosplugin.Resource):
             yield nagiosplugin.Metric("slow_streak", self.memory.slow_streak, context="slow_streak")
             if self.state.problems:
                 yield nagiosplugin.Metric("state_file", self.state, context="state_file")
-        yield from timing_metrics(outcome, self.settings.mode)
+        yield from timing_metrics(outcome)
         if self.settings.config_warnings:
             yield nagiosplugin.Metric("configuration", self.settings.config_warnings, context="configuration")
         if outcome.error is not None:
@@ -145,7 +145,7 @@ def verdict_metrics(auth) -> Iterator[nagiosplugin.Metric]:
             continue  # most direct mail carries no ARC: no line, no metric
         yield nagiosplugin.Metric(f"auth_{method}", 1 if verdict.passed else 0, min=0, max=1, context="verdict")
 
-def timing_metrics(outcome: ProbeOutcome, mode: Mode) -> Iterator[nagiosplugin.Metric]:
+def timing_metrics(outcome: ProbeOutcome) -> Iterator[nagiosplugin.Metric]:
     submission = outcome.submission
     values = {
         "smtp_connect": submission.connect,

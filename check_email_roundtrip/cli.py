@@ -81,25 +81,18 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
-def _choice(enum_type):
-    def convert(text: str):
-        try:
-            return enum_type(text)
-        except ValueError:
-            choices = ", ".join(member.value for member in enum_type)
-            raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {choices})") from None
-
-    convert.__name__ = enum_type.__name__.lower()
-    return convert
-
-
-def _choice_of(values):
-    def convert(text: str) -> str:
+def _choice_of(values, convert=str):
+    """An argparse type for a fixed set of words, with argparse-like wording."""
+    def check(text: str):
         if text not in values:
             raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(values)})")
-        return text
+        return convert(text)
 
-    return convert
+    return check
+
+
+def _choice(enum_type):
+    return _choice_of(tuple(member.value for member in enum_type), enum_type)
 
 
 def _policy_rule(text: str):

@@ -1,9 +1,9 @@
 """The IMAP side: log in, remember where new mail will start, find the marker.
 
 Knows nothing of Nagios.  :class:`Mailbox` opens one session (connect, TLS,
-LOGIN, EXAMINE), records ``uid_next`` before anything is submitted, and then
-answers ``find_marker`` with one bounded ``UID SEARCH`` per call: only UIDs
-from ``uid_next`` on are searched, so the cost of a search does not grow with
+LOGIN, EXAMINE) and returns the folder's UIDNEXT before anything is submitted;
+``find_marker`` runs one bounded ``UID SEARCH`` per call: only UIDs
+from that UID on are searched, so the cost of a search does not grow with
 the size of the folder.  Only headers are ever fetched.
 """
 
@@ -120,7 +120,6 @@ class Mailbox:
         self.deadline = deadline
         self.timings = timings
         self.trace = trace
-        self.uid_next: Optional[int] = None
         # EXAMINE (read-only) unless the probe is to delete its own messages
         self.writable = writable
         self._imap: Optional[_TracedIMAP] = None
@@ -171,9 +170,9 @@ class Mailbox:
             status, data = self._imap.select(quote_mailbox(self.folder), readonly=not self.writable)
             if status != "OK":
                 raise ProbeError(phase, f'failed: folder "{self.folder}" cannot be opened', server_text=_text(data))
-            self.uid_next = self._read_uid_next()
+            uid_next = self._read_uid_next()
             self.timings.select = time.monotonic() - step
-            return self.uid_next
+            return uid_next
         except ProbeError:
             raise
         except imaplib.IMAP4.error as exc:
@@ -207,12 +206,10 @@ class Mailbox:
         bounce's quoted copy of them (whose original headers BODY misses).
         """
         step = time.monotonic()
-        data = self._uid_command(Phase.IMAP_SEARCH, "SEARCH", "UID", f"{since_uid}:*", "TEXT", marker)
+        uids = self.search("UID", f"{since_uid}:*", "TEXT", marker)
         elapsed = time.monotonic() - step
-        self.timings.searches += 1
         # "n:*" always includes the highest UID, even when it is below n
         # (RFC 3501 6.4.8): keep only UIDs that really are new.
-        uids = [int(word) for word in b" ".join(part for part in data if part).split() if word.isdigit()]
         new = sorted(uid for uid in uids if uid >= since_uid)
         if new:
             self.timings.search = elapsed

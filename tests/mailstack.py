@@ -630,6 +630,9 @@ class Service:
 
     def __init__(self, stack):
         self.stack = stack
+        # every daemon logs to <name>.log, its start-up output to <name>-start.log
+        self.log = os.path.join(stack.log_dir, "%s.log" % self.name)
+        self.start_log = os.path.join(stack.log_dir, "%s-start.log" % self.name)
 
     # -- to override ------------------------------------------------------
     def write_config(self):
@@ -743,8 +746,6 @@ class Dovecot(Service):
         self.deny_file = os.path.join(self.conf_dir, "deny-users")
         self.state_dir = os.path.join(self.conf_dir, "state")
         self.base_dir = s.run_dir
-        self.log = os.path.join(s.log_dir, "dovecot.log")
-        self.start_log = os.path.join(s.log_dir, "dovecot-start.log")
         self.auth_socket = os.path.join(self.base_dir, "auth-postfix")
         self.lmtp_socket = os.path.join(self.base_dir, "lmtp-postfix")
         # quota-status -p postfix, a Postfix policy service (the full knob)
@@ -852,8 +853,6 @@ class Postfix(Service):
         self.conf_dir = os.path.join(s.dir, "postfix", "etc")
         self.queue_dir = os.path.join(s.short_dir, "postfix", "spool")
         self.data_dir = os.path.join(s.dir, "postfix", "data")
-        self.log = os.path.join(s.log_dir, "postfix.log")
-        self.start_log = os.path.join(s.log_dir, "postfix-start.log")
         self.recipient_access = os.path.join(self.conf_dir, "recipient_access.regexp")
         self.sender_access = os.path.join(self.conf_dir, "sender_access.regexp")
         self.greylist_access = os.path.join(self.conf_dir, "greylist_access.regexp")
@@ -947,8 +946,6 @@ class Dnsmasq(Service):
         self.conf_dir = os.path.join(s.dir, "dns")
         self.conf = os.path.join(self.conf_dir, "dnsmasq.conf")
         self.records_file = os.path.join(self.conf_dir, "records.json")
-        self.log = os.path.join(s.log_dir, "dnsmasq.log")
-        self.start_log = os.path.join(s.log_dir, "dnsmasq-start.log")
 
     def pidfile(self):
         return os.path.join(self.conf_dir, "dnsmasq.pid")
@@ -1018,8 +1015,6 @@ class Rspamd(Service):
         self.db_dir = os.path.join(self.root, "db")
         # holds the control socket: keep it short (unix socket path limit)
         self.run_dir = os.path.join(s.short_dir, "rspamd-run")
-        self.log = os.path.join(s.log_dir, "rspamd.log")
-        self.start_log = os.path.join(s.log_dir, "rspamd-start.log")
 
     def pidfile(self):
         return os.path.join(self.run_dir, "rspamd.pid")
@@ -1119,8 +1114,6 @@ class Auxd(Service):
         self.script = os.path.join(self.conf_dir, "auxd.py")
         self.conf = os.path.join(self.conf_dir, "auxd.json")
         self.seconds_file = os.path.join(self.conf_dir, "greylist-seconds")
-        self.log = os.path.join(s.log_dir, "auxd.log")
-        self.start_log = os.path.join(s.log_dir, "auxd-start.log")
 
     def pidfile(self):
         return os.path.join(self.conf_dir, "auxd.pid")

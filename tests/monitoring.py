@@ -68,7 +68,7 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mailstack import _descendants, _proc_alive, _proc_cmdline, _proc_stat, _read_pidfile  # noqa: E402
+from mailstack import _descendants, _proc_alive, _proc_cmdline, _proc_stat, _read_pidfile, _tail  # noqa: E402
 
 
 class MonitoringError(RuntimeError):
@@ -84,14 +84,6 @@ def _run(cmd, env=None, timeout=120):
                          stderr=subprocess.STDOUT, env=env, timeout=timeout,
                          universal_newlines=True)
     return res.returncode, res.stdout
-
-
-def _tail(path, n=40):
-    try:
-        with open(path, errors="replace") as fh:
-            return "".join(fh.readlines()[-n:])
-    except OSError:
-        return ""
 
 
 def _write(path, text, mode=0o644):

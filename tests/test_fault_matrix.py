@@ -91,6 +91,12 @@ def _args(*extra, user="probe", **kwargs):
     return lambda stack, tmp: (base_args(stack, user, **kwargs) + list(extra), lambda: None)
 
 
+def _without_ca(*extra):
+    """The stack's private CA not given: only the system store is trusted."""
+    return lambda stack, tmp: ([a for a in base_args(stack) if a not in ("--ca-file", stack.ca)] + list(extra),
+                               lambda: None)
+
+
 def _wrong_password(stack, tmp):
     (tmp / "wrong").write_text("revoked-app-password\n")
     args = base_args(stack)
@@ -143,16 +149,12 @@ MATRIX = [
     Row("STARTTLS not offered where starttls was asked",
         _with_listener(lambda line: b"250-x\r\n250 AUTH PLAIN\r\n" if line[:4].upper() == b"EHLO" else None, "starttls"),
         2, r"SMTP STARTTLS not offered by the server: refusing to continue without TLS"),
-    Row("SMTP certificate untrusted", lambda stack, tmp: (
-        [a for a in base_args(stack) if a not in ("--ca-file", stack.ca)] + ["--mode", "submit"], lambda: None),
-        2, r"SMTP TLS handshake to localhost:\d+: certificate not accepted: unable to get local issuer certificate"),
+    Row("SMTP certificate untrusted", _without_ca("--mode", "submit"), 2, r"SMTP TLS handshake to localhost:\d+: certificate not accepted: unable to get local issuer certificate"),
     Row("SMTP certificate expired", _args("--mode", "submit", smtp_port=SUBMISSIONS_EXPIRED_PORT), 2,
         r"SMTP TLS handshake to localhost:\d+: certificate not accepted: certificate has expired"),
     Row("SMTP certificate for another host name", _args("--smtp-host", "127.0.0.1", "--mode", "submit"), 2,
         r"SMTP TLS handshake to 127\.0\.0\.1:\d+: certificate not accepted: IP address mismatch"),
-    Row("IMAP certificate untrusted", lambda stack, tmp: (
-        [a for a in base_args(stack) if a not in ("--ca-file", stack.ca)], lambda: None),
-        2, r"IMAP TLS handshake to localhost:\d+: certificate not accepted: unable to get local issuer certificate"),
+    Row("IMAP certificate untrusted", _without_ca(), 2, r"IMAP TLS handshake to localhost:\d+: certificate not accepted: unable to get local issuer certificate"),
     Row("IMAP certificate expired", _args(imap_port=IMAPS_EXPIRED_PORT), 2,
         r"IMAP TLS handshake to localhost:\d+: certificate not accepted: certificate has expired"),
     Row("IMAP certificate for another host name", _args("--imap-host", "127.0.0.1"), 2,
