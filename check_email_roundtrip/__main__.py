@@ -15,8 +15,10 @@ def main() -> None:
         from .cli import main as cli_main
     except ImportError as exc:
         if exc.name and exc.name.split(".")[0] != PACKAGE:
-            print(f"EMAIL_ROUNDTRIP UNKNOWN - missing Python module {exc.name}: "
-                  f"install the plugin with its dependencies (pip install check_email_roundtrip)")
+            print(
+                f"EMAIL_ROUNDTRIP UNKNOWN - missing Python module {exc.name}: "
+                f"install the plugin with its dependencies (pip install check_email_roundtrip)"
+            )
             sys.exit(3)
         raise
     cli_main()

@@ -16,9 +16,12 @@ resolution, and what it raises is printed as a bare "Timeout" (with a
 traceback at ``-v``) that cannot say which stage hung.
 """
 
+from __future__ import annotations
+
 import signal
 import time
-from typing import Optional
+from types import FrameType
+from typing import Any, Callable
 
 from .errors import Phase, RunTimeout
 
@@ -32,7 +35,7 @@ MIN_SOCKET_TIMEOUT = 0.1
 class Deadline:
     """The end of the run's time budget, and the stage the probe is in."""
 
-    def __init__(self, budget: float, clock=time.monotonic):
+    def __init__(self, budget: float, clock: Callable[[], float] = time.monotonic):
         self.budget = budget
         self._clock = clock
         self.started = clock()
@@ -45,7 +48,7 @@ class Deadline:
     def remaining(self) -> float:
         return self.ends - self._clock()
 
-    def socket_timeout(self, cap: Optional[float] = None) -> float:
+    def socket_timeout(self, cap: float | None = None) -> float:
         left = self.remaining() - SOCKET_MARGIN
         if cap is not None:
             left = min(left, cap)
@@ -57,14 +60,14 @@ class Deadline:
             raise RunTimeout(self.stage, self.budget)
 
     # The alarm: armed for the duration of the probe only.
-    def __enter__(self) -> "Deadline":
-        def on_alarm(signum, frame):
+    def __enter__(self) -> Deadline:
+        def on_alarm(signum: int, frame: FrameType | None) -> None:
             raise RunTimeout(self.stage, self.budget)
 
         self._previous = signal.signal(signal.SIGALRM, on_alarm)
         signal.setitimer(signal.ITIMER_REAL, max(self.remaining(), 0.001))
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: Any) -> None:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, self._previous)

@@ -16,23 +16,25 @@ What is checked:
 - the From domain: a ``_dmarc`` record (else its parent's) with a valid policy.
 """
 
+from __future__ import annotations
+
 import base64
 import binascii
-import email.parser
-import email.policy
 import email.utils
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from email.message import Message
+from typing import Any
 
 from .deadline import Deadline
+from .message import parse_header
 
 SPF_LOOKUP_LIMIT = 10  # RFC 7208 4.6.4
 _SPF_EVALUATION_BUDGET = 30  # lookups we spend ourselves before giving up ("cannot tell")
 _LOOKUP_TIMEOUT = 3.0  # seconds per query, less if -t leaves less
 
 
-@dataclass
+@dataclass(frozen=True)
 class DnsFinding:
     record: str  # "DKIM key s2026._domainkey.example.test"
     problem: str  # "not published"
@@ -41,18 +43,27 @@ class DnsFinding:
         return f"{self.record} {self.problem}"
 
 
-@dataclass
+@dataclass(frozen=True)
 class DnsReport:
-    findings: List[DnsFinding] = field(default_factory=list)
-    notes: List[str] = field(default_factory=list)
-    dmarc_policy: Optional[str] = None
+    findings: tuple[DnsFinding, ...] = ()
+    notes: tuple[str, ...] = ()  # what was looked at, for -v
+    dmarc_policy: str | None = None
+
+
+@dataclass
+class _Draft:
+    """The report while the checks fill it in."""
+
+    findings: list[DnsFinding] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    dmarc_policy: str | None = None
 
 
 class DnsTrouble(Exception):
     """The lookup itself failed (time-out, SERVFAIL, no nameserver)."""
 
 
-def parse_nameserver(text: str) -> Tuple[str, int]:
+def parse_nameserver(text: str) -> tuple[str, int]:
     """``IP``, ``IP:PORT`` or ``[IPv6]:PORT`` -> (ip, port); ValueError otherwise."""
     host, port = text, "53"
     if text.startswith("["):
@@ -68,7 +79,7 @@ def parse_nameserver(text: str) -> Tuple[str, int]:
     return host, number
 
 
-def tag_list(text: str) -> Dict[str, str]:
+def tag_list(text: str) -> dict[str, str]:
     """DKIM/DMARC ``tag=value; ...`` lists (RFC 6376 3.2), whitespace removed."""
     tags = {}
     for part in text.split(";"):
@@ -79,7 +90,7 @@ def tag_list(text: str) -> Dict[str, str]:
 
 
 class _Lookups:
-    def __init__(self, nameserver: Optional[Tuple[str, int]], deadline: Deadline):
+    def __init__(self, nameserver: tuple[str, int] | None, deadline: Deadline):
         import dns.resolver
 
         self.resolver = dns.resolver.Resolver(configure=nameserver is None)
@@ -90,7 +101,7 @@ class _Lookups:
         self.deadline = deadline
         self.count = 0
 
-    def query(self, name: str, rdtype: str) -> List:
+    def query(self, name: str, rdtype: str) -> list[Any]:
         import dns.exception
         import dns.resolver
 
@@ -101,34 +112,45 @@ class _Lookups:
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             return []
         except dns.exception.Timeout:
-            raise DnsTrouble(f"lookup of {rdtype} {name} timed out after {lifetime:.1f} s ({self.where})") from None
+            raise DnsTrouble(
+                f"lookup of {rdtype} {name} timed out after {lifetime:.1f} s ({self.where})"
+            ) from None
         except dns.resolver.NoNameservers:
-            raise DnsTrouble(f"lookup of {rdtype} {name} failed: no nameserver answered ({self.where})") from None
+            raise DnsTrouble(
+                f"lookup of {rdtype} {name} failed: no nameserver answered ({self.where})"
+            ) from None
         except dns.exception.DNSException as exc:
             raise DnsTrouble(f"lookup of {rdtype} {name} failed: {exc} ({self.where})") from None
 
-    def txt(self, name: str) -> List[str]:
+    def txt(self, name: str) -> list[str]:
         return [b"".join(rdata.strings).decode("utf-8", "replace") for rdata in self.query(name, "TXT")]
 
-    def addresses(self, name: str) -> List[str]:
+    def addresses(self, name: str) -> list[str]:
         return [rdata.address for rdtype in ("A", "AAAA") for rdata in self.query(name, rdtype)]
 
 
-def check_dns(header_block: bytes, envelope_from: str, sender_ip: Optional[str],
-              nameserver: Optional[Tuple[str, int]], deadline: Deadline) -> DnsReport:
-    message = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(header_block)
+def check_dns(
+    header_block: bytes,
+    envelope_from: str,
+    sender_ip: str | None,
+    nameserver: tuple[str, int] | None,
+    deadline: Deadline,
+) -> DnsReport:
+    message = parse_header(header_block)
     lookups = _Lookups(nameserver, deadline)
-    report = DnsReport()
+    report = _Draft()
     for check in (_check_dkim_keys, _check_spf, _check_dmarc):
         try:
             check(message, envelope_from, sender_ip, lookups, report)
         except DnsTrouble as exc:
             report.findings.append(DnsFinding("DNS", str(exc)))
     report.notes.append(f"DNS: {lookups.count} lookups ({lookups.where})")
-    return report
+    return DnsReport(tuple(report.findings), tuple(report.notes), report.dmarc_policy)
 
 
-def _check_dkim_keys(message, envelope_from, sender_ip, lookups: _Lookups, report: DnsReport) -> None:
+def _check_dkim_keys(
+    message: Message, envelope_from: str, sender_ip: str | None, lookups: _Lookups, report: _Draft
+) -> None:
     signatures = message.get_all("DKIM-Signature") or []
     if not signatures:
         report.notes.append("DKIM: the message carries no DKIM-Signature")
@@ -164,7 +186,9 @@ def _check_dkim_keys(message, envelope_from, sender_ip, lookups: _Lookups, repor
                 report.notes.append(f"{record}: published, {len(der)} bytes of {key.get('k', 'rsa')} key")
 
 
-def _check_spf(message, envelope_from, sender_ip, lookups: _Lookups, report: DnsReport) -> None:
+def _check_spf(
+    message: Message, envelope_from: str, sender_ip: str | None, lookups: _Lookups, report: _Draft
+) -> None:
     domain = envelope_from.rpartition("@")[2].lower()
     if not domain:
         return
@@ -181,22 +205,28 @@ def _check_spf(message, envelope_from, sender_ip, lookups: _Lookups, report: Dns
     for problem in counter.problems:
         report.findings.append(DnsFinding(what, problem))
     if needed > SPF_LOOKUP_LIMIT:
-        report.findings.append(DnsFinding(what, f"needs {needed} DNS lookups (RFC 7208 limit {SPF_LOOKUP_LIMIT})"))
+        report.findings.append(
+            DnsFinding(what, f"needs {needed} DNS lookups (RFC 7208 limit {SPF_LOOKUP_LIMIT})")
+        )
     report.notes.append(f"{what}: {records[0]!r}, {needed} DNS lookups")
     if sender_ip is None:
         report.notes.append("SPF: the receiver's header does not tell the address the mail came from")
         return
     outcome = _SpfEvaluation(lookups).evaluate(domain, ipaddress.ip_address(sender_ip))
     if outcome in ("fail", "softfail", "neutral", "none"):
-        report.findings.append(DnsFinding(what, f"does not name {sender_ip}, the address the mail came from ({outcome})"))
+        report.findings.append(
+            DnsFinding(what, f"does not name {sender_ip}, the address the mail came from ({outcome})")
+        )
     elif outcome == "unknown":
         report.notes.append(f"SPF: cannot tell whether {domain} names {sender_ip} (macros, ptr or exists)")
     else:
         report.notes.append(f"SPF: {domain} names {sender_ip}")
 
 
-def _spf_records(lookups: _Lookups, domain: str) -> List[str]:
-    return [text for text in lookups.txt(domain) if text.lower() == "v=spf1" or text.lower().startswith("v=spf1 ")]
+def _spf_records(lookups: _Lookups, domain: str) -> list[str]:
+    return [
+        text for text in lookups.txt(domain) if text.lower() == "v=spf1" or text.lower().startswith("v=spf1 ")
+    ]
 
 
 class _SpfLookupCount:
@@ -204,8 +234,8 @@ class _SpfLookupCount:
 
     def __init__(self, lookups: _Lookups):
         self.lookups = lookups
-        self.problems: List[str] = []
-        self.seen = set()
+        self.problems: list[str] = []
+        self.seen: set[str] = set()
 
     def count(self, domain: str, record: str) -> int:
         total = 0
@@ -219,7 +249,9 @@ class _SpfLookupCount:
                 self.seen.add(target)
                 included = _spf_records(self.lookups, target)
                 if len(included) != 1:
-                    self.problems.append(f"refers to {target}, which has {len(included) or 'no'} SPF records (permerror)")
+                    self.problems.append(
+                        f"refers to {target}, which has {len(included) or 'no'} SPF records (permerror)"
+                    )
                     continue
                 total += self.count(target, included[0])
             elif name.split(":")[0].split("/")[0] in ("a", "mx", "ptr", "exists"):
@@ -242,7 +274,7 @@ class _SpfEvaluation:
         self.budget -= 1
         return self.budget >= 0
 
-    def evaluate(self, domain: str, ip) -> str:
+    def evaluate(self, domain: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
         if not self._spend():
             return "unknown"
         records = _spf_records(self.lookups, domain)
@@ -271,7 +303,9 @@ class _SpfEvaluation:
             return self.evaluate(redirect, ip)
         return "neutral"
 
-    def _matches(self, name: str, argument: str, domain: str, ip) -> Optional[bool]:
+    def _matches(
+        self, name: str, argument: str, domain: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+    ) -> bool | None:
         base = name.split("/")[0]
         if base == "all":
             return True
@@ -289,7 +323,11 @@ class _SpfEvaluation:
                 prefix = name.split("/", 1)[1]
             if not self._spend():
                 return None
-            hosts = [target] if base == "a" else [str(r.exchange).rstrip(".") for r in self.lookups.query(target, "MX")]
+            hosts = (
+                [target]
+                if base == "a"
+                else [str(r.exchange).rstrip(".") for r in self.lookups.query(target, "MX")]
+            )
             for host in hosts[:10]:
                 for address in self.lookups.addresses(host):
                     network = ipaddress.ip_network(f"{address}/{prefix}" if prefix else address, strict=False)
@@ -299,7 +337,9 @@ class _SpfEvaluation:
         return None  # ptr, exists
 
 
-def _check_dmarc(message, envelope_from, sender_ip, lookups: _Lookups, report: DnsReport) -> None:
+def _check_dmarc(
+    message: Message, envelope_from: str, sender_ip: str | None, lookups: _Lookups, report: _Draft
+) -> None:
     _, address = email.utils.parseaddr(str(message.get("From", "")))
     domain = address.rpartition("@")[2].lower()
     if not domain:
@@ -319,7 +359,9 @@ def _check_dmarc(message, envelope_from, sender_ip, lookups: _Lookups, report: D
         tags = tag_list(records[0])
         policy = tags.get("p", "").lower()
         if policy not in ("none", "quarantine", "reject"):
-            report.findings.append(DnsFinding(f"DMARC record {name}", f"has no valid policy (p={policy or 'missing'})"))
+            report.findings.append(
+                DnsFinding(f"DMARC record {name}", f"has no valid policy (p={policy or 'missing'})")
+            )
             return
         report.dmarc_policy = policy
         report.notes.append(f"DMARC record {name}: p={policy}")

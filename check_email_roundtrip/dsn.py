@@ -2,16 +2,19 @@
 
 Knows nothing of Nagios.  ``parse_dsn`` reads a multipart/report message and
 returns the first recipient's :class:`Bounce`, or None when the message is
-not a DSN.  Parsing is the standard library's ``email`` package.
+not a DSN.  Parsing is the standard library's ``email`` package, through
+``message.parse_message``.
 """
 
-import email
-import email.policy
+from __future__ import annotations
+
+import email.message
 from dataclasses import dataclass
-from typing import Optional
+
+from .message import parse_message
 
 
-@dataclass
+@dataclass(frozen=True)
 class Bounce:
     action: str  # failed, delayed, delivered, relayed, expanded
     status: str  # "5.1.1"
@@ -27,9 +30,9 @@ class Bounce:
         return f"{text} (status {self.status}, {self.recipient})" if self.recipient else text
 
 
-def parse_dsn(raw: bytes) -> Optional[Bounce]:
+def parse_dsn(raw: bytes) -> Bounce | None:
     try:
-        message = email.message_from_bytes(raw, policy=email.policy.compat32)
+        message = parse_message(raw)
     except Exception:  # the email package copes with almost anything; be sure
         return None
     if message.get_content_type() != "multipart/report":
@@ -41,13 +44,17 @@ def parse_dsn(raw: bytes) -> Optional[Bounce]:
         if not isinstance(blocks, list):
             return None
         for block in blocks[1:] or blocks:  # the first block is per message
+            if not isinstance(block, email.message.Message):
+                continue
             action = str(block.get("Action", "")).strip().lower()
             if not action:
                 continue
             diagnostic = " ".join(str(block.get("Diagnostic-Code", "")).split())
             if ";" in diagnostic:
                 diagnostic = diagnostic.split(";", 1)[1].strip()  # drop "smtp;"
-            recipient = " ".join(str(block.get("Final-Recipient", block.get("Original-Recipient", ""))).split())
+            recipient = " ".join(
+                str(block.get("Final-Recipient", block.get("Original-Recipient", ""))).split()
+            )
             if ";" in recipient:
                 recipient = recipient.split(";", 1)[1].strip()  # drop "rfc822;"
             return Bounce(action, str(block.get("Status", "")).strip(), diagnostic, recipient)

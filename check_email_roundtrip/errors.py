@@ -62,9 +62,7 @@ class ProbeError(Exception):
 
     @property
     def server_reply(self) -> str:
-        return " ".join(
-            part for part in (str(self.code) if self.code else "", self.server_text) if part
-        )
+        return " ".join(part for part in (str(self.code) if self.code else "", self.server_text) if part)
 
     def __str__(self) -> str:
         text = f"{self.phase} {self.reason}"

@@ -72,7 +72,7 @@ def decode_mailbox(wire: str) -> str:
         end = wire.find("-", start)
         if end < 0:
             raise ImapSyntaxError(f"unterminated modified UTF-7 in mailbox name {wire!r}")
-        chunk = wire[start + 1:end]
+        chunk = wire[start + 1 : end]
         if not chunk:
             out.append("&")
         else:
@@ -109,8 +109,9 @@ def parse_internaldate(text: str) -> datetime.datetime:
         if zone[0] not in "+-" or len(zone) != 5 or not zone[1:].isdigit():
             raise ValueError(zone)
         offset = datetime.timedelta(hours=int(zone[1:3]), minutes=int(zone[3:5])) * sign
-        return datetime.datetime(int(year), month, int(day), hour, minute, second,
-                                 tzinfo=datetime.timezone(offset))
+        return datetime.datetime(
+            int(year), month, int(day), hour, minute, second, tzinfo=datetime.timezone(offset)
+        )
     except (ValueError, IndexError, OverflowError):
         raise ImapSyntaxError(f"INTERNALDATE does not parse: {text[:60]!r}") from None
 

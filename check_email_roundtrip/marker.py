@@ -17,7 +17,7 @@ import secrets
 
 MARKER_PREFIX = "emailrtprobe"
 MARKER_RANDOM_BYTES = 12  # 96 bits
-MARKER_PATTERN = re.compile(MARKER_PREFIX + r"[0-9a-f]{%d}" % (2 * MARKER_RANDOM_BYTES))
+MARKER_PATTERN = re.compile(MARKER_PREFIX + f"[0-9a-f]{{{2 * MARKER_RANDOM_BYTES}}}")
 
 
 def new_marker() -> str:

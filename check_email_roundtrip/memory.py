@@ -13,11 +13,14 @@ other's entries.  A file that does not parse is reported and started afresh;
 one that cannot be opened is reported and the run goes on without memory.
 """
 
+from __future__ import annotations
+
 import hashlib
 import os
 import re
+import time
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any
 
 import nagiosplugin
 
@@ -26,25 +29,36 @@ STATE_VERSION = 1
 MAX_PENDING = 50
 
 
-@dataclass
+@dataclass(frozen=True)
 class PendingProbe:
     marker: str
     sent_at: float  # epoch seconds when MAIL FROM was sent
-    queue_id: Optional[str] = None
+    queue_id: str | None = None
 
     def describe(self) -> str:
-        import time
-
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.sent_at))
         return f"probe of {when}" + (f" (queued as {self.queue_id})" if self.queue_id else "")
 
 
 @dataclass
 class Memory:
-    pending: List[PendingProbe] = field(default_factory=list)
+    """The state file's content."""
+
+    pending: list[PendingProbe] = field(default_factory=list)
     slow_streak: int = 0  # consecutive runs whose round trip was not OK
     late: int = 0  # running totals
     lost: int = 0
+
+
+@dataclass(frozen=True)
+class Remembered:
+    """What the state file says after this run was merged into it."""
+
+    slow_streak: int = 0
+    late: int = 0
+    lost: int = 0
+    problems: tuple[str, ...] = ()  # what went wrong with the file, for the output
+    usable: bool = True
 
 
 def default_state_file(imap_user: str, imap_host: str, folder: str) -> str:
@@ -59,10 +73,10 @@ def default_state_file(imap_user: str, imap_host: str, folder: str) -> str:
 class StateFile:
     def __init__(self, path: str):
         self.path = path
-        self.problems: List[str] = []  # what went wrong with the file, for the output
+        self.problems: list[str] = []  # what went wrong with the file, for the output
         self.usable = True
 
-    def _open(self) -> Optional[nagiosplugin.Cookie]:
+    def _open(self) -> Any:
         if not self.usable:
             return None
         try:
@@ -90,12 +104,13 @@ class StateFile:
         finally:
             cookie.close()
 
-    def merge(self, resolved: List[str], new_pending: List[PendingProbe], late: int, lost: int,
-              slow: Optional[bool]) -> Memory:
+    def merge(
+        self, resolved: list[str], new_pending: list[PendingProbe], late: int, lost: int, slow: bool | None
+    ) -> Remembered:
         """Remove resolved markers, add new ones, count; ``slow`` None leaves the streak."""
         cookie = self._open()
         if cookie is None:
-            return Memory()
+            return self._remembered(Memory())
         try:
             memory = _memory_from(cookie.data)
             memory.pending = [probe for probe in memory.pending if probe.marker not in resolved] + new_pending
@@ -106,21 +121,26 @@ class StateFile:
                 memory.slow_streak = memory.slow_streak + 1 if slow else 0
             cookie.data = {
                 "version": STATE_VERSION,
-                "pending": [probe.__dict__ for probe in memory.pending],
+                "pending": [
+                    {"marker": p.marker, "sent_at": p.sent_at, "queue_id": p.queue_id} for p in memory.pending
+                ],
                 "slow_streak": memory.slow_streak,
                 "late": memory.late,
                 "lost": memory.lost,
             }
             cookie.commit()
-            return memory
+            return self._remembered(memory)
         except OSError as exc:
             self.problems.append(f"state file {self.path} cannot be written ({exc.strerror})")
-            return Memory()
+            return self._remembered(Memory())
         finally:
             cookie.close()
 
+    def _remembered(self, memory: Memory) -> Remembered:
+        return Remembered(memory.slow_streak, memory.late, memory.lost, tuple(self.problems), self.usable)
 
-def _memory_from(data: dict) -> Memory:
+
+def _memory_from(data: dict[str, Any]) -> Memory:
     """Tolerant of what a hand edit or an older version left: bad entries are dropped."""
     pending = []
     for entry in data.get("pending", []) if isinstance(data.get("pending"), list) else []:
@@ -128,7 +148,7 @@ def _memory_from(data: dict) -> Memory:
             pending.append(PendingProbe(str(entry["marker"]), float(entry["sent_at"]), entry.get("queue_id")))
         except (KeyError, TypeError, ValueError):
             continue
-    numbers: List[int] = []
+    numbers: list[int] = []
     for name in ("slow_streak", "late", "lost"):
         value = data.get(name, 0)
         numbers.append(value if isinstance(value, int) and value >= 0 else 0)

@@ -10,7 +10,8 @@ The pseudo-method ``header`` covers the Authentication-Results header itself:
 ``header:missing`` (the receiver wrote none) and ``header:malformed``.
 """
 
-from typing import Dict, Iterable, Optional, Tuple
+from collections.abc import Iterable
+from typing import Optional
 
 from .verdicts import METHODS, NOT_EVALUATED
 
@@ -19,10 +20,21 @@ STATES = ("ok", "warning", "critical", "ignore")
 ANY = "*"
 # RFC 8601 section 2.7 results, plus ours: "missing" (method not evaluated),
 # and for the header itself "missing" and "malformed".
-RESULTS = ("none", "pass", "fail", "softfail", "neutral", "temperror", "permerror", "policy", "hardfail", NOT_EVALUATED)
+RESULTS = (
+    "none",
+    "pass",
+    "fail",
+    "softfail",
+    "neutral",
+    "temperror",
+    "permerror",
+    "policy",
+    "hardfail",
+    NOT_EVALUATED,
+)
 HEADER_RESULTS = ("missing", "malformed")
 
-DEFAULT_POLICY: Dict[str, Dict[str, str]] = {
+DEFAULT_POLICY: dict[str, dict[str, str]] = {
     # SPF or DKIM alone failing: DMARC may still pass through the other, but
     # half of the defence is gone.
     "spf": {ANY: "warning"},
@@ -37,16 +49,19 @@ DEFAULT_POLICY: Dict[str, Dict[str, str]] = {
     HEADER: {ANY: "warning"},
 }
 
-PolicyRule = Tuple[str, Optional[str], str]  # (method, result or None for all, state)
+PolicyRule = tuple[str, Optional[str], str]  # (method, result or None for all, state)
 
 
 def parse_policy_rule(text: str) -> PolicyRule:
     """``METHOD[:RESULT]=STATE`` -> rule, or ValueError with the reason."""
     target, sep, state = text.partition("=")
-    method, _, result = target.partition(":")
-    method, result, state = method.strip().lower(), result.strip().lower() or None, state.strip().lower()
+    method_text, _, result_text = target.partition(":")
+    method, state = method_text.strip().lower(), state.strip().lower()
+    result = result_text.strip().lower() or None
     if not sep or method not in METHODS + (HEADER,):
-        raise ValueError(f"expected METHOD[:RESULT]=STATE with METHOD one of {', '.join(METHODS + (HEADER,))}")
+        raise ValueError(
+            f"expected METHOD[:RESULT]=STATE with METHOD one of {', '.join(METHODS + (HEADER,))}"
+        )
     allowed = HEADER_RESULTS if method == HEADER else RESULTS
     if result is not None and (result not in allowed or result == "pass"):
         raise ValueError(f"result for {method} must be one of {', '.join(r for r in allowed if r != 'pass')}")
@@ -57,7 +72,7 @@ def parse_policy_rule(text: str) -> PolicyRule:
 
 class AuthPolicy:
     def __init__(self, rules: Iterable[PolicyRule] = ()):
-        self.user: Dict[str, Dict[str, str]] = {}
+        self.user: dict[str, dict[str, str]] = {}
         for method, result, state in rules:
             self.user.setdefault(method, {})[result or ANY] = state
 

@@ -2,17 +2,20 @@
 
 Nothing below the CLI looks at ``argparse`` or the environment: the probe and
 the nagiosplugin layer get a :class:`Settings` (or the part of it they need).
+Everything here is frozen: a run cannot change its own configuration.
 """
 
-import base64
+from __future__ import annotations
+
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
 
 import nagiosplugin
 
-from .net import TlsContext
+from .credentials import Login
 from .policy import AuthPolicy
+from .tls import TlsConfig
 
 
 class Security(enum.Enum):
@@ -33,33 +36,29 @@ class Mode(enum.Enum):
         return self.value
 
 
-class Secret:
-    """A password that does not print itself: repr/str show a placeholder."""
+class Level(enum.Enum):
+    """A state the user may choose for a finding (--junk-state, ...)."""
 
-    def __init__(self, value: str):
-        self._value = value
+    OK = "ok"
+    WARNING = "warning"
+    CRITICAL = "critical"
 
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('********')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True)
 class Endpoint:
-    """One server the probe talks to, and how."""
+    """One server the probe talks to, how, and as whom."""
 
     host: str
     port: int
     security: Security
-    user: Optional[str] = None
-    password: Optional[Secret] = field(default=None, repr=False)
+    login: Login | None = None
+
+    @property
+    def user(self) -> str | None:
+        return self.login.user if self.login else None
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port} ({self.security})"
@@ -69,13 +68,16 @@ class Endpoint:
 class PollCriteria:
     """Poll mode: what mail somebody else sends must look like, and since when."""
 
-    subject: Optional[str]
-    sender: Optional[str]
-    headers: Tuple[Tuple[str, str], ...]
+    subject: str | None
+    sender: str | None
+    headers: tuple[tuple[str, str], ...]
     window: float  # seconds back from now
 
     def describe(self) -> str:
-        parts = [f'subject "{self.subject}"' if self.subject else "", f'sender "{self.sender}"' if self.sender else ""]
+        parts = [
+            f'subject "{self.subject}"' if self.subject else "",
+            f'sender "{self.sender}"' if self.sender else "",
+        ]
         parts += [f'{name} "{value}"' for name, value in self.headers]
         return " and ".join(part for part in parts if part)
 
@@ -89,62 +91,78 @@ class BounceWatch:
 
 
 @dataclass(frozen=True)
-class Settings:
-    mode: Mode
-    smtp: Optional[Endpoint]  # None in poll mode
-    imap: Optional[Endpoint]  # None in submit mode
-    envelope_from: Optional[str]  # None in poll mode
-    recipient: Optional[str]
-    imap_folder: str
-    helo_name: str
-    # from --ca-file and --insecure; built on first use (the CLI builds it at
-    # once when --ca-file is given, so a bad CA file is a usage error)
-    tls_context: "TlsContext" = field(repr=False)
-    insecure: bool
-    # -w/-c: on the round trip (roundtrip mode), the whole SMTP session (submit
-    # mode) or the age of the newest matching message (poll mode)
+class Thresholds:
+    """-w/-c on the mode's headline figure, and the per-phase budgets."""
+
+    # on the round trip (roundtrip mode), the whole SMTP session (submit mode)
+    # or the age of the newest matching message (poll mode)
     warning: nagiosplugin.Range
     critical: nagiosplugin.Range
-    # per-phase thresholds, keyed by perfdata label: (warning, critical)
-    phase_thresholds: Dict[str, Tuple[nagiosplugin.Range, nagiosplugin.Range]]
+    # per-phase, keyed by perfdata label: (warning, critical)
+    phases: Mapping[str, tuple[nagiosplugin.Range, nagiosplugin.Range]]
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Memory across runs (roundtrip mode)."""
+
+    state_file: str | None = None  # None: --no-state
+    lost_after: float = 86400.0  # seconds until an undelivered probe counts as lost
+    escalate_after: int | None = None  # consecutive not-OK round trips before CRITICAL
+
+
+@dataclass(frozen=True)
+class Elsewhere:
+    """Where else the probe may land, and clean-up (roundtrip mode)."""
+
+    junk_folder: str | None = None  # None: the \\Junk special-use folder, if any
+    junk_detect: bool = True  # look in Junk at all
+    junk_state: Level = Level.WARNING
+    bounce: BounceWatch | None = None
+    cleanup: bool = False  # delete this run's message once read
+    purge_days: float | None = None  # delete probe messages older than this
+
+    @property
+    def writable(self) -> bool:
+        """Deleting anything needs the folders opened read-write (SELECT)."""
+        return self.cleanup or self.purge_days is not None
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    """The receiver's verdicts and the DNS behind them (roundtrip mode)."""
+
+    authserv_id: str | None = None
+    policy: AuthPolicy = field(default_factory=AuthPolicy)
+    dns_checks: bool = False
+    nameserver: tuple[str, int] | None = None  # None: the system resolver
+    dns_finding_state: Level = Level.WARNING
+
+
+@dataclass(frozen=True)
+class Settings:
+    mode: Mode
+    smtp: Endpoint | None  # None in poll mode
+    imap: Endpoint | None  # None in submit mode
+    envelope_from: str | None  # None in poll mode
+    recipient: str | None
+    imap_folder: str
+    helo_name: str
+    tls: TlsConfig
+    thresholds: Thresholds
     wait: float
     timeout: float
     verbose: int
-    # receiver's verdicts (roundtrip mode): whose header to trust, what each means
-    authserv_id: Optional[str] = None
-    auth_policy: "AuthPolicy" = field(default_factory=lambda: AuthPolicy())
-    # DNS drift checks (--dns-checks)
-    dns_checks: bool = False
-    nameserver: Optional[Tuple[str, int]] = None  # None: the system resolver
-    dns_finding_state: str = "warning"
-    poll: Optional[PollCriteria] = None  # poll mode only
-    config_warnings: Tuple[str, ...] = ()  # e.g. a password file every user can read
-    # memory across runs (roundtrip mode): None when --no-state
-    state_file: Optional[str] = None
-    lost_after: float = 86400.0  # seconds until an undelivered probe counts as lost
-    escalate_after: Optional[int] = None  # consecutive not-OK round trips before CRITICAL
-    # where else the probe may land (roundtrip mode)
-    junk_folder: Optional[str] = None  # None: the \\Junk special-use folder, if any
-    junk_detect: bool = True  # look in Junk at all
-    junk_state: str = "warning"
-    bounce: Optional[BounceWatch] = None
-    # clean-up (roundtrip mode)
-    cleanup: bool = False  # delete this run's message once read
-    purge_days: Optional[float] = None  # delete probe messages older than this
+    verdicts: Verdicts = field(default_factory=Verdicts)
+    memory: Memory = field(default_factory=Memory)
+    elsewhere: Elsewhere = field(default_factory=Elsewhere)
+    poll: PollCriteria | None = None  # poll mode only
+    config_warnings: tuple[str, ...] = ()  # e.g. a password file every user can read
 
-    def secrets(self) -> Tuple[str, ...]:
-        """Every secret text, as typed and as it travels in SMTP AUTH (base64
-        of the password for LOGIN, of NUL user NUL password for PLAIN), for
-        the output filter that masks them."""
-        values = []
-        for endpoint in (self.smtp, self.imap, self.bounce.endpoint if self.bounce else None):
-            if endpoint is not None and endpoint.password is not None:
-                password = endpoint.password.reveal()
-                values.append(password)
-                values.append(_b64(password))
-                values.append(_b64(f"\0{endpoint.user}\0{password}"))
-        return tuple(value for value in values if value)
+    def logins(self) -> tuple[Login, ...]:
+        endpoints = (self.smtp, self.imap, self.elsewhere.bounce.endpoint if self.elsewhere.bounce else None)
+        return tuple(endpoint.login for endpoint in endpoints if endpoint is not None and endpoint.login)
 
-
-def _b64(text: str) -> str:
-    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret text in every form it travels in, for the output filter."""
+        return tuple(form for login in self.logins() for form in login.secret_forms() if form)

@@ -14,9 +14,13 @@ receivers that write one header per method, such as OpenDKIM + OpenDMARC),
 and nothing else.
 """
 
+from __future__ import annotations
+
 import re
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .message import parse_header, unfold
 
 # The methods reported, each on its own line, in this order.
 METHODS = ("spf", "dkim", "dmarc", "arc")
@@ -41,11 +45,11 @@ _SENDER_IP = (
 _STARTS_WITH_RESULT = re.compile(r"^\s*[a-z0-9-]+\s*=\s*[a-z]+", re.I)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Verdict:
     method: str
     result: str  # lowercase RFC 8601 result, or NOT_EVALUATED
-    details: List[str] = field(default_factory=list)  # "header.d=example.test", "p=quarantine"
+    details: tuple[str, ...] = ()  # "header.d=example.test", "p=quarantine"
 
     @property
     def passed(self) -> bool:
@@ -58,31 +62,30 @@ class Verdict:
         return f"{self.method}={self.result}{details}"
 
 
-@dataclass
+@dataclass(frozen=True)
 class AuthVerdicts:
-    authserv_id: Optional[str]  # of the trusted header(s); None when there is none
-    verdicts: Dict[str, Verdict]
+    authserv_id: str | None  # of the trusted header(s); None when there is none
+    verdicts: dict[str, Verdict]  # every method of METHODS, in that order
     header_found: bool  # the receiver wrote an Authentication-Results header
-    malformed: Optional[str] = None  # why the trusted header could not be parsed
-    ignored: List[str] = field(default_factory=list)  # one description per ignored header
-    sender_ip: Optional[str] = None  # the address the receiver saw the mail come from
+    malformed: str | None = None  # why the trusted header could not be parsed
+    ignored: tuple[str, ...] = ()  # one description per ignored header
+    sender_ip: str | None = None  # the address the receiver saw the mail come from
 
-    def with_dmarc_policy(self, policy: str) -> None:
-        """Add the policy from the _dmarc record when the header did not say it."""
+    def with_dmarc_policy(self, policy: str) -> AuthVerdicts:
+        """The same, with the policy from the _dmarc record when the header did not say it."""
         verdict = self.verdicts["dmarc"]
-        if verdict.result != NOT_EVALUATED and not any(d.startswith("p=") for d in verdict.details):
-            verdict.details.insert(0, f"p={policy}")
-
-
-def _unfold(value: str) -> str:
-    return " ".join(str(value).split())
+        if verdict.result == NOT_EVALUATED or any(d.startswith("p=") for d in verdict.details):
+            return self
+        verdicts = dict(self.verdicts)
+        verdicts["dmarc"] = replace(verdict, details=(f"p={policy}", *verdict.details))
+        return replace(self, verdicts=verdicts)
 
 
 class MalformedHeader(Exception):
     pass
 
 
-def _parse(value: str):
+def _parse(value: str) -> Any:
     """authres's parse, with the one shim real receivers need."""
     import authres
 
@@ -101,14 +104,15 @@ def _parse(value: str):
         raise MalformedHeader(" ".join(str(exc).split())[:160] or exc.__class__.__name__) from None
 
 
-def _comments(raw_value: str, method: str, result: str) -> List[str]:
+def _comments(raw_value: str, method: str, result: str) -> list[str]:
     """The comments in one method's part of the raw header (authres drops them)."""
-    segment = re.search(r"(?:^|;)\s*" + re.escape(method) + r"\s*=\s*" + re.escape(result) + r"\b([^;]*)",
-                        raw_value, re.I)
+    segment = re.search(
+        r"(?:^|;)\s*" + re.escape(method) + r"\s*=\s*" + re.escape(result) + r"\b([^;]*)", raw_value, re.I
+    )
     return [" ".join(text.split()) for text in _COMMENT.findall(segment.group(1))] if segment else []
 
 
-def _details(result, raw_value: str) -> List[str]:
+def _details(result: Any, raw_value: str) -> tuple[str, ...]:
     details = []
     comments = _comments(raw_value, result.method, result.result or "")
     if result.method == "dmarc":
@@ -128,17 +132,17 @@ def _details(result, raw_value: str) -> List[str]:
         # for a non-pass verdict the receiver's comment is often the cause:
         # rspamd's ("invalid DKIM record"), "does not designate 127.0.0.1"
         details.append('"' + comments[0].strip('"')[:_MAX_COMMENT] + '"')
-    return details
+    return tuple(details)
 
 
-def _best(first: Optional[Verdict], second: Verdict) -> Verdict:
+def _best(first: Verdict | None, second: Verdict) -> Verdict:
     """Several results for one method (two DKIM signatures): a pass wins, as in DMARC."""
     if first is None or (second.passed and not first.passed):
         return second
     return first
 
 
-def _why_ignored(parsed, trusted, authserv_id: Optional[str]) -> str:
+def _why_ignored(parsed: Any, trusted: list[tuple[str, Any]], authserv_id: str | None) -> str:
     if authserv_id is not None:
         return f"authserv-id is not {authserv_id}"
     if not trusted or parsed.authserv_id != trusted[0][1].authserv_id:
@@ -149,10 +153,13 @@ def _why_ignored(parsed, trusted, authserv_id: Optional[str]) -> str:
     seen = {result.method for result in trusted[0][1].results}
     if seen & {result.method for result in parsed.results}:
         return "not the topmost; repeats the receiver's methods: possibly forged"
-    return f"not the topmost; if the receiver writes one header per method, --authserv-id {parsed.authserv_id} trusts them all"
+    return (
+        "not the topmost; if the receiver writes one header per method, "
+        f"--authserv-id {parsed.authserv_id} trusts them all"
+    )
 
 
-def _sender_ip(raw_headers: List[str]) -> Optional[str]:
+def _sender_ip(raw_headers: list[str]) -> str | None:
     for raw in raw_headers:
         for pattern in _SENDER_IP:
             match = pattern.search(raw)
@@ -161,17 +168,14 @@ def _sender_ip(raw_headers: List[str]) -> Optional[str]:
     return None
 
 
-def read_verdicts(header_block: bytes, authserv_id: Optional[str] = None) -> AuthVerdicts:
-    import email.parser
-    import email.policy
-
-    message = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(header_block)
-    raw_headers = [_unfold(value) for value in message.get_all("Authentication-Results") or []]
+def read_verdicts(header_block: bytes, authserv_id: str | None = None) -> AuthVerdicts:
+    message = parse_header(header_block)
+    raw_headers = [unfold(value) for value in message.get_all("Authentication-Results") or []]
     wanted = authserv_id.lower() if authserv_id else None
 
-    trusted: List[Tuple[str, object]] = []
-    ignored: List[str] = []
-    malformed: Optional[str] = None
+    trusted: list[tuple[str, Any]] = []
+    ignored: list[str] = []
+    malformed: str | None = None
     for position, raw in enumerate(raw_headers):
         try:
             parsed = _parse(raw)
@@ -185,10 +189,12 @@ def read_verdicts(header_block: bytes, authserv_id: Optional[str] = None) -> Aut
         if (wanted is None and position == 0) or (wanted is not None and header_id == wanted):
             trusted.append((raw, parsed))
         else:
-            ignored.append(f"header {position + 1} from {header_id or '(no authserv-id)'} "
-                           f"({_why_ignored(parsed, trusted, authserv_id)})")
+            ignored.append(
+                f"header {position + 1} from {header_id or '(no authserv-id)'} "
+                f"({_why_ignored(parsed, trusted, authserv_id)})"
+            )
 
-    verdicts: Dict[str, Verdict] = {}
+    verdicts: dict[str, Verdict] = {}
     for raw, parsed in trusted:
         for result in parsed.results:
             method = (result.method or "").lower()
@@ -201,6 +207,6 @@ def read_verdicts(header_block: bytes, authserv_id: Optional[str] = None) -> Aut
         verdicts={method: verdicts.get(method) or Verdict(method, NOT_EVALUATED) for method in METHODS},
         header_found=bool(trusted) or malformed is not None,
         malformed=malformed,
-        ignored=ignored,
+        ignored=tuple(ignored),
         sender_ip=_sender_ip([raw for raw, _ in trusted]),
     )

@@ -8,15 +8,18 @@ argument parser, so the CheckCommand and --help cannot drift apart.
 tests/test_icinga_templates.py runs the check.
 """
 
-import argparse
 import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from check_email_roundtrip.cli import (  # noqa: E402
-    BOUNCE_PASSWORD_ENV, IMAP_PASSWORD_ENV, SMTP_PASSWORD_ENV, build_parser,
+from check_email_roundtrip.options import (  # noqa: E402
+    BOUNCE_PASSWORD_ENV,
+    IMAP_PASSWORD_ENV,
+    SMTP_PASSWORD_ENV,
+    Kind,
+    all_options,
 )
 
 PREFIX = "email_roundtrip_"
@@ -39,23 +42,15 @@ def _icinga_string(text: str) -> str:
 
 
 def options():
-    """(long option, variable, kind, description, default) for every option."""
-    for action in build_parser()._actions:
-        longs = [option for option in action.option_strings if option.startswith("--")]
-        if not longs or longs[0] in SKIP:
-            continue
-        option = longs[0]
-        variable = PREFIX + option[2:].replace("-", "_")
-        if isinstance(action, (argparse._StoreTrueAction, argparse._CountAction)):
-            kind = "flag"
-        elif isinstance(action, argparse._AppendAction):
-            kind = "list"
-        else:
-            kind = "value"
-        default = action.default
+    """(long option, variable, kind, description, default) for every option,
+    from the plugin's own option table."""
+    for option in all_options():
+        variable = PREFIX + option.long[2:].replace("-", "_")
+        kind = {Kind.FLAG: "flag", Kind.COUNT: "flag", Kind.LIST: "list"}.get(option.kind, "value")
+        default = option.default
         if isinstance(default, (list, bool)) or default in (None, 0):
             default = None
-        yield option, variable, kind, action.help or "", default
+        yield option.long, variable, kind, option.help, default
 
 
 def checkcommand() -> str:
@@ -117,9 +112,15 @@ def readme() -> str:
         "|---|---|---|---|",
     ]
     for option, variable, kind, description, default in options():
-        shown = VAR_DEFAULTS.get(variable[len(PREFIX):], default)
+        shown = VAR_DEFAULTS.get(variable[len(PREFIX) :], default)
         shown = "-" if shown is None else f"`{shown}`"
-        kind_note = " Flag: set to true." if kind == "flag" else " An array: one argument each." if kind == "list" else ""
+        kind_note = (
+            " Flag: set to true."
+            if kind == "flag"
+            else " An array: one argument each."
+            if kind == "list"
+            else ""
+        )
         text = " ".join(description.split()).replace("|", "/")
         rows.append(f"| `{variable}` | Optional | {shown} | `{option}`: {text}.{kind_note} |")
     for name, variable in ENV.items():

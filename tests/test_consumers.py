@@ -10,7 +10,6 @@ in the text and stderr must stay empty.
 import re
 
 import pytest
-
 from conftest import run_plugin
 from test_roundtrip_stack import implicit_tls_args
 

@@ -1,14 +1,22 @@
 """Facts -> states, first line and perfdata, without any server (fake outcomes)."""
 
+from dataclasses import replace
+
 import pytest
 from nagiosplugin.state import Critical, Ok, Unknown, Warn
 
 from check_email_roundtrip.check import SECONDS_LABELS, build_check
 from check_email_roundtrip.cli import parse_settings
 from check_email_roundtrip.errors import Phase, ProbeError, RunTimeout
-from check_email_roundtrip.imap import RetrievalTimings
-from check_email_roundtrip.probe import ProbeOutcome
-from check_email_roundtrip.smtp import SubmissionReceipt, SubmissionTimings
+from check_email_roundtrip.facts import (
+    Arrival,
+    ImapTimings,
+    RoundtripResult,
+    SmtpTimings,
+    SubmitResult,
+    WatchKind,
+)
+from check_email_roundtrip.smtp import Submission
 
 
 @pytest.fixture(autouse=True)
@@ -20,19 +28,18 @@ def settings(*extra):
     return parse_settings(["-H", "mail.example.test", "--smtp-user", "probe@example.test", *extra])
 
 
-def delivered(roundtrip=0.142, auth=0.02):
-    return ProbeOutcome(
+def delivered(roundtrip=0.142, auth=0.02, connect=0.0101):
+    return RoundtripResult(
         marker="m",
-        submission=SubmissionTimings(connect=0.0101, starttls=0.03, auth=auth, submit=0.04, total=0.1, submit_started=1.0),
-        receipt=SubmissionReceipt("250 2.0.0 Ok: queued as 4ABC", "4ABC"),
-        retrieval=RetrievalTimings(connect=0.01, login=0.01, select=0.001, search=0.0004, fetch=0.001, searches=4),
-        roundtrip=roundtrip,
-        found_uid=7,
+        smtp=SmtpTimings(connect=connect, starttls=0.03, auth=auth, submit=0.04, total=0.1),
+        submission=Submission("250 2.0.0 Ok: queued as 4ABC", "4ABC", mail_from_at=1.0, mail_from_wall=1.0),
+        imap=ImapTimings(connect=0.01, login=0.01, select=0.001, search=0.0004, fetch=0.001, searches=4),
+        arrival=Arrival("INBOX", WatchKind.TARGET, 7, roundtrip, b"") if roundtrip is not None else None,
     )
 
 
-def evaluate(outcome, *extra):
-    check = build_check(settings("--no-state", *extra), lambda _settings, _deadline, _pending: outcome)
+def evaluate(result, *extra):
+    check = build_check(settings("--no-state", *extra), result)
     check()
     return check
 
@@ -72,8 +79,11 @@ def test_phase_budget_can_be_raised_or_made_critical():
 
 
 def test_failure_is_critical_with_phase_and_server_reply():
-    outcome = ProbeOutcome(submission=SubmissionTimings(connect=0.01, starttls=0.02),
-                           error=ProbeError(Phase.SMTP_AUTH, "rejected", 535, "5.7.8 Error: authentication\r\n failed"))
+    outcome = RoundtripResult(
+        "m",
+        SmtpTimings(connect=0.01, starttls=0.02),
+        error=ProbeError(Phase.SMTP_AUTH, "rejected", 535, "5.7.8 Error: authentication\r\n failed"),
+    )
     check = evaluate(outcome)
     assert check.state == Critical
     assert check.summary_str == "SMTP AUTH rejected: 535 5.7.8 Error: authentication failed"
@@ -82,9 +92,7 @@ def test_failure_is_critical_with_phase_and_server_reply():
 
 def test_not_delivered_is_critical_with_wait_and_queue_id():
     outcome = delivered(roundtrip=None)
-    outcome.found_uid = None
-    outcome.retrieval.search = None
-    outcome.not_delivered_within = 12.0
+    outcome = replace(outcome, imap=replace(outcome.imap, search=None), not_delivered_within=12.0)
     check = evaluate(outcome)
     assert check.state == Critical
     assert check.summary_str == "not delivered within 12 s (queued as 4ABC)"
@@ -92,7 +100,7 @@ def test_not_delivered_is_critical_with_wait_and_queue_id():
 
 
 def test_timeout_is_unknown_and_names_the_stage():
-    check = evaluate(ProbeOutcome(timeout=RunTimeout(Phase.SMTP_DATA, 10)))
+    check = evaluate(RoundtripResult("m", SmtpTimings(), timeout=RunTimeout(Phase.SMTP_DATA, 10)))
     assert check.state == Unknown
     assert check.summary_str == "timeout: -t 10 s reached during SMTP DATA"
 
@@ -104,9 +112,8 @@ def test_insecure_is_said_in_the_first_line():
 
 
 def test_submit_mode_thresholds_apply_to_the_smtp_session():
-    outcome = delivered()
-    outcome.roundtrip = None
-    outcome.retrieval = None
+    roundtrip = delivered()
+    outcome = SubmitResult("m", roundtrip.smtp, roundtrip.submission)
     check = evaluate(outcome, "--mode", "submit", "-w", "0.05")
     assert check.state == Warn
     assert check.summary_str.startswith("smtp_total 0.100 s")
@@ -114,8 +121,7 @@ def test_submit_mode_thresholds_apply_to_the_smtp_session():
 
 
 def test_several_problems_each_get_a_long_output_line():
-    outcome = delivered(auth=1.5)
-    outcome.submission.connect = 2.5
+    outcome = delivered(auth=1.5, connect=2.5)
     check = evaluate(outcome)
     assert sorted(check.verbose_str) == [
         "smtp_auth 1.500 s (outside range 0:1)",
@@ -131,7 +137,7 @@ def with_verdicts(header: bytes, *extra, outcome=None):
     from check_email_roundtrip.verdicts import read_verdicts
 
     outcome = outcome or delivered()
-    outcome.auth = read_verdicts(header, settings(*extra).authserv_id)
+    outcome = replace(outcome, verdicts=read_verdicts(header, settings(*extra).verdicts.authserv_id))
     return evaluate(outcome, *extra)
 
 
@@ -139,7 +145,8 @@ def rspamd_header(spf="pass", dkim="pass", dmarc="pass") -> bytes:
     return (
         "Authentication-Results: mx.example.test;\r\n"
         f"\tdkim={dkim} header.d=example.test header.s=s2026 header.b=ABCdef12;\r\n"
-        f"\tspf={spf} (mx.example.test: domain of probe@example.test designates 127.0.0.1 as permitted sender)"
+        f"\tspf={spf} (mx.example.test: domain of probe@example.test designates 127.0.0.1 "
+        "as permitted sender)"
         " smtp.mailfrom=probe@example.test;\r\n"
         f"\tdmarc={dmarc} (policy=quarantine) header.from=example.test\r\n"
         "Subject: probe\r\n\r\n"
@@ -163,9 +170,13 @@ def test_all_pass_is_ok_with_one_line_per_method_and_perfdata():
     "verdicts, state, first_line",
     [
         (dict(dkim="none"), Warn, "dkim=none (header.d=example.test, header.s=s2026)"),
-        (dict(spf="fail"), Warn, "spf=fail (smtp.mailfrom=probe@example.test, \"mx.example.test: domain of"),
+        (dict(spf="fail"), Warn, 'spf=fail (smtp.mailfrom=probe@example.test, "mx.example.test: domain of'),
         (dict(spf="softfail"), Warn, "spf=softfail"),
-        (dict(spf="fail", dkim="fail", dmarc="fail"), Critical, "dmarc=fail (p=quarantine, header.from=example.test)"),
+        (
+            dict(spf="fail", dkim="fail", dmarc="fail"),
+            Critical,
+            "dmarc=fail (p=quarantine, header.from=example.test)",
+        ),
         (dict(dmarc="temperror"), Warn, "dmarc=temperror"),
     ],
 )
@@ -180,29 +191,52 @@ def test_default_policy(verdicts, state, first_line):
 def test_policy_option_changes_or_ignores_a_method():
     header = rspamd_header(spf="fail", dkim="fail", dmarc="fail")
     assert with_verdicts(header, "--auth-policy", "dmarc=warning").state == Warn
-    check = with_verdicts(header, "--auth-policy", "dmarc=ignore", "--auth-policy", "spf=ok", "--auth-policy", "dkim:fail=ok")
+    check = with_verdicts(
+        header, "--auth-policy", "dmarc=ignore", "--auth-policy", "spf=ok", "--auth-policy", "dkim:fail=ok"
+    )
     assert check.state == Ok
     assert "dmarc=fail (p=quarantine, header.from=example.test)" in check.verbose_str  # still reported
-    assert with_verdicts(rspamd_header(spf="softfail"), "--auth-policy", "spf:softfail=critical").state == Critical
+    assert (
+        with_verdicts(rspamd_header(spf="softfail"), "--auth-policy", "spf:softfail=critical").state
+        == Critical
+    )
 
 
 def test_no_header_from_the_receiver_is_a_warning_with_that_reason():
     check = with_verdicts(b"Subject: probe\r\n\r\n")
     assert check.state == Warn
     assert check.summary_str == "no Authentication-Results header from the receiver"
-    assert with_verdicts(b"Subject: probe\r\n\r\n", "--auth-policy", "header=ignore", "--auth-policy", "spf=ignore",
-                         "--auth-policy", "dkim=ignore", "--auth-policy", "dmarc=ignore").state == Ok
+    assert (
+        with_verdicts(
+            b"Subject: probe\r\n\r\n",
+            "--auth-policy",
+            "header=ignore",
+            "--auth-policy",
+            "spf=ignore",
+            "--auth-policy",
+            "dkim=ignore",
+            "--auth-policy",
+            "dmarc=ignore",
+        ).state
+        == Ok
+    )
 
 
 def test_forged_header_below_the_receivers_is_ignored():
-    forged = b"Authentication-Results: mx.example.test; spf=pass smtp.mailfrom=x; dkim=pass header.d=x; dmarc=pass header.from=x\r\n"
+    forged = (
+        b"Authentication-Results: mx.example.test; spf=pass smtp.mailfrom=x; dkim=pass header.d=x; "
+        b"dmarc=pass header.from=x\r\n"
+    )
     header = rspamd_header(spf="fail", dkim="fail", dmarc="fail").replace(b"Subject", forged + b"Subject")
     check = with_verdicts(header)
     assert check.state == Critical and check.summary_str.startswith("dmarc=fail")
 
 
 def test_authserv_id_trusts_only_that_receiver_even_when_not_topmost():
-    other = b"Authentication-Results: relay.example.net; spf=fail smtp.mailfrom=x; dkim=fail header.d=x; dmarc=fail header.from=x\r\n"
+    other = (
+        b"Authentication-Results: relay.example.net; spf=fail smtp.mailfrom=x; dkim=fail header.d=x; "
+        b"dmarc=fail header.from=x\r\n"
+    )
     check = with_verdicts(other + rspamd_header(), "--authserv-id", "mx.example.test")
     assert check.state == Ok
     check = with_verdicts(other + rspamd_header())  # default: the topmost one
@@ -212,19 +246,53 @@ def test_authserv_id_trusts_only_that_receiver_even_when_not_topmost():
 @pytest.mark.parametrize(
     "name, authserv_id, expected",
     [
-        ("gmail.txt", None, ["spf=pass (smtp.mailfrom=probe@example.com)", "dkim=pass (header.i=@example.com, header.s=s2026)",
-                             "dmarc=pass (p=quarantine, header.from=example.com)", "arc=pass"]),
-        ("microsoft365.txt", None, ["spf=pass (smtp.mailfrom=example.com)", "dkim=pass (header.d=example.com)",
-                                    "dmarc=pass (header.from=example.com)"]),
-        ("fastmail.txt", None, ["spf=pass (smtp.mailfrom=probe@example.com, smtp.helo=out1-smtp.messagingengine.com)",
-                                "dkim=pass (header.d=example.com, header.i=@example.com, header.a=rsa-sha256, header.s=fm2)",
-                                "dmarc=pass (p=none, policy.published-domain-policy=none, policy.applied-disposition=none, "
-                                "policy.evaluated-disposition=none, policy.policy-from=p, header.from=example.com)"]),
-        ("rspamd.txt", None, ["spf=pass (smtp.mailfrom=probe@example.test)", "dkim=pass (header.d=example.test, header.s=s2026)",
-                              "dmarc=pass (p=quarantine, header.from=example.test)"]),
-        ("opendkim_opendmarc.txt", "mail.example.org",
-         ["spf=softfail (smtp.mailfrom=example.com)", "dkim=pass (header.d=example.com, header.i=@example.com)",
-          "dmarc=fail (p=quarantine, header.from=example.com)"]),
+        (
+            "gmail.txt",
+            None,
+            [
+                "spf=pass (smtp.mailfrom=probe@example.com)",
+                "dkim=pass (header.i=@example.com, header.s=s2026)",
+                "dmarc=pass (p=quarantine, header.from=example.com)",
+                "arc=pass",
+            ],
+        ),
+        (
+            "microsoft365.txt",
+            None,
+            [
+                "spf=pass (smtp.mailfrom=example.com)",
+                "dkim=pass (header.d=example.com)",
+                "dmarc=pass (header.from=example.com)",
+            ],
+        ),
+        (
+            "fastmail.txt",
+            None,
+            [
+                "spf=pass (smtp.mailfrom=probe@example.com, smtp.helo=out1-smtp.messagingengine.com)",
+                "dkim=pass (header.d=example.com, header.i=@example.com, header.a=rsa-sha256, header.s=fm2)",
+                "dmarc=pass (p=none, policy.published-domain-policy=none, policy.applied-disposition=none, "
+                "policy.evaluated-disposition=none, policy.policy-from=p, header.from=example.com)",
+            ],
+        ),
+        (
+            "rspamd.txt",
+            None,
+            [
+                "spf=pass (smtp.mailfrom=probe@example.test)",
+                "dkim=pass (header.d=example.test, header.s=s2026)",
+                "dmarc=pass (p=quarantine, header.from=example.test)",
+            ],
+        ),
+        (
+            "opendkim_opendmarc.txt",
+            "mail.example.org",
+            [
+                "spf=softfail (smtp.mailfrom=example.com)",
+                "dkim=pass (header.d=example.com, header.i=@example.com)",
+                "dmarc=fail (p=quarantine, header.from=example.com)",
+            ],
+        ),
     ],
 )
 def test_recorded_headers_from_real_receivers(name, authserv_id, expected):
@@ -238,39 +306,64 @@ def test_split_headers_without_authserv_id_trust_the_topmost_and_say_how_to_trus
 
     auth = read_verdicts((HEADERS / "opendkim_opendmarc.txt").read_bytes())
     assert auth.verdicts["dmarc"].result == "fail" and auth.verdicts["spf"].result == "missing"
-    assert auth.ignored[0] == ("header 2 from mail.example.org (not the topmost; if the receiver writes one header per "
-                               "method, --authserv-id mail.example.org trusts them all)")
+    assert auth.ignored[0] == (
+        "header 2 from mail.example.org (not the topmost; if the receiver writes one header per "
+        "method, --authserv-id mail.example.org trusts them all)"
+    )
 
 
 def test_forged_header_repeating_the_receivers_methods_is_called_so():
     from check_email_roundtrip.verdicts import read_verdicts
 
-    forged = b"Authentication-Results: mx.example.test; spf=pass smtp.mailfrom=x; dkim=pass header.d=x; dmarc=pass header.from=x\r\n"
+    forged = (
+        b"Authentication-Results: mx.example.test; spf=pass smtp.mailfrom=x; dkim=pass header.d=x; "
+        b"dmarc=pass header.from=x\r\n"
+    )
     auth = read_verdicts(rspamd_header(spf="fail").replace(b"Subject", forged + b"Subject"))
-    assert auth.ignored == ["header 2 from mx.example.test (not the topmost; repeats the receiver's methods: possibly forged)"]
+    assert auth.ignored == (
+        "header 2 from mx.example.test (not the topmost; repeats the receiver's methods: possibly forged)",
+    )
 
 
 def test_receiver_comment_is_shown_for_a_non_pass_verdict_only():
     from check_email_roundtrip.verdicts import read_verdicts
 
-    header = b'Authentication-Results: mx.example.test; dkim=none ("invalid DKIM record") header.d=example.test ' \
-             b'header.s=s2026 header.b=x; spf=pass (mx: designates 127.0.0.1 as permitted sender) smtp.mailfrom=a@example.test; ' \
-             b'dmarc=fail reason="No valid SPF" header.from=example.test (policy=reject)\r\n\r\n'
+    header = (
+        b'Authentication-Results: mx.example.test; dkim=none ("invalid DKIM record") header.d=example.test '
+        b"header.s=s2026 header.b=x; spf=pass (mx: designates 127.0.0.1 as permitted sender) "
+        b"smtp.mailfrom=a@example.test; "
+        b'dmarc=fail reason="No valid SPF" header.from=example.test (policy=reject)\r\n\r\n'
+    )
     auth = read_verdicts(header)
-    assert auth.verdicts["dkim"].line() == 'dkim=none (header.d=example.test, header.s=s2026, "invalid DKIM record")'
+    assert (
+        auth.verdicts["dkim"].line()
+        == 'dkim=none (header.d=example.test, header.s=s2026, "invalid DKIM record")'
+    )
     assert auth.verdicts["spf"].line() == "spf=pass (smtp.mailfrom=a@example.test)"
-    assert auth.verdicts["dmarc"].line() == 'dmarc=fail (p=reject, reason="No valid SPF", header.from=example.test)'
+    assert (
+        auth.verdicts["dmarc"].line()
+        == 'dmarc=fail (p=reject, reason="No valid SPF", header.from=example.test)'
+    )
     assert auth.sender_ip == "127.0.0.1"
 
 
 @pytest.mark.parametrize(
     "value",
-    ["mx.example.test; dkim=", "((((", "mx; spf=pass (unclosed comment", "mx.example.test; =pass", "", ";;;;"],
+    [
+        "mx.example.test; dkim=",
+        "((((",
+        "mx; spf=pass (unclosed comment",
+        "mx.example.test; =pass",
+        "",
+        ";;;;",
+    ],
 )
 def test_malformed_header_is_reported_not_a_crash(value):
     check = with_verdicts(f"Authentication-Results: {value}\r\nSubject: x\r\n\r\n".encode())
     assert check.state == Warn
-    assert check.summary_str.startswith("the receiver's Authentication-Results header does not parse: Syntax error")
+    assert check.summary_str.startswith(
+        "the receiver's Authentication-Results header does not parse: Syntax error"
+    )
 
 
 def test_world_readable_password_file_makes_an_ok_run_a_warning(tmp_path):

@@ -15,14 +15,19 @@ import socket
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Callable, List, Tuple
+from typing import Callable
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from conftest import run_plugin  # noqa: E402
 from mailstack import (  # noqa: E402
-    IMAPS_EXPIRED_PORT, IMAPS_PORT, SUBMISSION_PORT, SUBMISSIONS_EXPIRED_PORT, SUBMISSIONS_PORT, MailStack,
+    IMAPS_EXPIRED_PORT,
+    IMAPS_PORT,
+    SUBMISSION_PORT,
+    SUBMISSIONS_EXPIRED_PORT,
+    SUBMISSIONS_PORT,
+    MailStack,
 )
 
 README = pathlib.Path(__file__).parent.parent / "README.md"
@@ -30,10 +35,32 @@ TIMEOUT = 20  # -t for every row
 
 
 def base_args(stack, user="probe", smtp_port=SUBMISSIONS_PORT, imap_port=IMAPS_PORT, security="tls"):
-    return ["-H", "localhost", "--ca-file", stack.ca, "--smtp-port", str(smtp_port), "--smtp-security", security,
-            "--imap-port", str(imap_port), "--imap-security", "tls", "--smtp-user", stack.address(user),
-            "--smtp-password-file", stack.password_file(user), "--imap-user", stack.address("probe"),
-            "--imap-password-file", stack.password_file("probe"), "-t", str(TIMEOUT), "--wait", "8"]
+    return [
+        "-H",
+        "localhost",
+        "--ca-file",
+        stack.ca,
+        "--smtp-port",
+        str(smtp_port),
+        "--smtp-security",
+        security,
+        "--imap-port",
+        str(imap_port),
+        "--imap-security",
+        "tls",
+        "--smtp-user",
+        stack.address(user),
+        "--smtp-password-file",
+        stack.password_file(user),
+        "--imap-user",
+        stack.address("probe"),
+        "--imap-password-file",
+        stack.password_file("probe"),
+        "-t",
+        str(TIMEOUT),
+        "--wait",
+        "8",
+    ]
 
 
 def _listener(respond=None):
@@ -82,7 +109,7 @@ def _drops_mid_data(line):
 @dataclass
 class Row:
     fault: str
-    setup: Callable[[MailStack, pathlib.Path], Tuple[List[str], Callable[[], None]]]
+    setup: Callable[[MailStack, pathlib.Path], tuple[list[str], Callable[[], None]]]
     exit_code: int
     first_line: str  # regex for line 1
 
@@ -93,8 +120,10 @@ def _args(*extra, user="probe", **kwargs):
 
 def _without_ca(*extra):
     """The stack's private CA not given: only the system store is trusted."""
-    return lambda stack, tmp: ([a for a in base_args(stack) if a not in ("--ca-file", stack.ca)] + list(extra),
-                               lambda: None)
+    return lambda stack, tmp: (
+        [a for a in base_args(stack) if a not in ("--ca-file", stack.ca)] + list(extra),
+        lambda: None,
+    )
 
 
 def _wrong_password(stack, tmp):
@@ -108,8 +137,17 @@ def _with_listener(respond, security="none"):
     def setup(stack, tmp):
         server = _listener(respond)
         port = server.getsockname()[1]
-        return base_args(stack) + ["--smtp-host", "127.0.0.1", "--smtp-port", str(port), "--smtp-security", security,
-                                   "--mode", "submit"], server.close
+        return base_args(stack) + [
+            "--smtp-host",
+            "127.0.0.1",
+            "--smtp-port",
+            str(port),
+            "--smtp-security",
+            security,
+            "--mode",
+            "submit",
+        ], server.close
+
     return setup
 
 
@@ -119,8 +157,16 @@ def _held(stack, tmp):
 
 def _greylisted(stack, tmp):
     stack.set_greylist_seconds(3)
-    return base_args(stack) + ["--to", "probe+greylist@example.test", "-w", "2", "-c", "30", "--wait", "15"], \
-        lambda: stack.set_greylist_seconds(3)
+    return base_args(stack) + [
+        "--to",
+        "probe+greylist@example.test",
+        "-w",
+        "2",
+        "-c",
+        "30",
+        "--wait",
+        "15",
+    ], lambda: stack.set_greylist_seconds(3)
 
 
 def _imap_wrong_password(stack, tmp):
@@ -136,52 +182,152 @@ def _unresolvable(stack, tmp):
 
 def _silent(stack, tmp):
     server = _listener()
-    return base_args(stack) + ["--smtp-host", "127.0.0.1", "--smtp-port", str(server.getsockname()[1]),
-                               "--smtp-security", "starttls", "--mode", "submit", "-t", "4"], server.close
+    return base_args(stack) + [
+        "--smtp-host",
+        "127.0.0.1",
+        "--smtp-port",
+        str(server.getsockname()[1]),
+        "--smtp-security",
+        "starttls",
+        "--mode",
+        "submit",
+        "-t",
+        "4",
+    ], server.close
 
 
 MATRIX = [
-    Row("wrong SMTP password / revoked app password", _wrong_password, 2,
-        r"SMTP AUTH rejected: 535 5\.7\.8 "),
-    Row("AUTH not offered (before TLS)", _args("--smtp-security", "none", "--mode", "submit", smtp_port=SUBMISSION_PORT),
-        2, r"SMTP AUTH unavailable: the server offers no AUTH"),
-    Row("AUTH disabled for the user", _args("--mode", "submit", user="noauth"), 2, r"SMTP AUTH rejected: 535 "),
-    Row("STARTTLS not offered where starttls was asked",
-        _with_listener(lambda line: b"250-x\r\n250 AUTH PLAIN\r\n" if line[:4].upper() == b"EHLO" else None, "starttls"),
-        2, r"SMTP STARTTLS not offered by the server: refusing to continue without TLS"),
-    Row("SMTP certificate untrusted", _without_ca("--mode", "submit"), 2, r"SMTP TLS handshake to localhost:\d+: certificate not accepted: unable to get local issuer certificate"),
-    Row("SMTP certificate expired", _args("--mode", "submit", smtp_port=SUBMISSIONS_EXPIRED_PORT), 2,
-        r"SMTP TLS handshake to localhost:\d+: certificate not accepted: certificate has expired"),
-    Row("SMTP certificate for another host name", _args("--smtp-host", "127.0.0.1", "--mode", "submit"), 2,
-        r"SMTP TLS handshake to 127\.0\.0\.1:\d+: certificate not accepted: IP address mismatch"),
-    Row("IMAP certificate untrusted", _without_ca(), 2, r"IMAP TLS handshake to localhost:\d+: certificate not accepted: unable to get local issuer certificate"),
-    Row("IMAP certificate expired", _args(imap_port=IMAPS_EXPIRED_PORT), 2,
-        r"IMAP TLS handshake to localhost:\d+: certificate not accepted: certificate has expired"),
-    Row("IMAP certificate for another host name", _args("--imap-host", "127.0.0.1"), 2,
-        r"IMAP TLS handshake to 127\.0\.0\.1:\d+: certificate not accepted: IP address mismatch"),
-    Row("rate limit 451 at RCPT", _args("--to", "probe+tempfail@example.test"), 2,
-        r"SMTP RCPT TO refused temporarily: 451 4\.7\.0 .*Rate limit exceeded"),
-    Row("recipient rejected 550", _args("--to", "probe+reject@example.test"), 2,
-        r"SMTP RCPT TO rejected: 550 5\.7\.1 "),
-    Row("sender rejected 553", _args("--from", "probe+reject553@example.test"), 2,
-        r"SMTP MAIL FROM rejected: 553 5\.7\.1 "),
-    Row("mailbox over quota 552", _args("--to", "full@example.test"), 2,
-        r"SMTP RCPT TO rejected: 552 5\.2\.2 .*Mailbox is full"),
-    Row("unknown user, bounced by the next hop", _args("--to", "nobody@example.test"), 2,
-        r"bounced after \d+\.\d s: 550 5\.1\.1 <nobody@example\.test>: Recipient address rejected"),
-    Row("relay accepts (250 queued) but never delivers", _held, 2,
-        r"not delivered within 3 s \(queued as \w+\)"),
+    Row(
+        "wrong SMTP password / revoked app password", _wrong_password, 2, r"SMTP AUTH rejected: 535 5\.7\.8 "
+    ),
+    Row(
+        "AUTH not offered (before TLS)",
+        _args("--smtp-security", "none", "--mode", "submit", smtp_port=SUBMISSION_PORT),
+        2,
+        r"SMTP AUTH unavailable: the server offers no AUTH",
+    ),
+    Row(
+        "AUTH disabled for the user", _args("--mode", "submit", user="noauth"), 2, r"SMTP AUTH rejected: 535 "
+    ),
+    Row(
+        "STARTTLS not offered where starttls was asked",
+        _with_listener(
+            lambda line: b"250-x\r\n250 AUTH PLAIN\r\n" if line[:4].upper() == b"EHLO" else None, "starttls"
+        ),
+        2,
+        r"SMTP STARTTLS not offered by the server: refusing to continue without TLS",
+    ),
+    Row(
+        "SMTP certificate untrusted",
+        _without_ca("--mode", "submit"),
+        2,
+        r"SMTP TLS handshake to localhost:\d+: certificate not accepted: "
+        r"unable to get local issuer certificate",
+    ),
+    Row(
+        "SMTP certificate expired",
+        _args("--mode", "submit", smtp_port=SUBMISSIONS_EXPIRED_PORT),
+        2,
+        r"SMTP TLS handshake to localhost:\d+: certificate not accepted: certificate has expired",
+    ),
+    Row(
+        "SMTP certificate for another host name",
+        _args("--smtp-host", "127.0.0.1", "--mode", "submit"),
+        2,
+        r"SMTP TLS handshake to 127\.0\.0\.1:\d+: certificate not accepted: IP address mismatch",
+    ),
+    Row(
+        "IMAP certificate untrusted",
+        _without_ca(),
+        2,
+        r"IMAP TLS handshake to localhost:\d+: certificate not accepted: "
+        r"unable to get local issuer certificate",
+    ),
+    Row(
+        "IMAP certificate expired",
+        _args(imap_port=IMAPS_EXPIRED_PORT),
+        2,
+        r"IMAP TLS handshake to localhost:\d+: certificate not accepted: certificate has expired",
+    ),
+    Row(
+        "IMAP certificate for another host name",
+        _args("--imap-host", "127.0.0.1"),
+        2,
+        r"IMAP TLS handshake to 127\.0\.0\.1:\d+: certificate not accepted: IP address mismatch",
+    ),
+    Row(
+        "rate limit 451 at RCPT",
+        _args("--to", "probe+tempfail@example.test"),
+        2,
+        r"SMTP RCPT TO refused temporarily: 451 4\.7\.0 .*Rate limit exceeded",
+    ),
+    Row(
+        "recipient rejected 550",
+        _args("--to", "probe+reject@example.test"),
+        2,
+        r"SMTP RCPT TO rejected: 550 5\.7\.1 ",
+    ),
+    Row(
+        "sender rejected 553",
+        _args("--from", "probe+reject553@example.test"),
+        2,
+        r"SMTP MAIL FROM rejected: 553 5\.7\.1 ",
+    ),
+    Row(
+        "mailbox over quota 552",
+        _args("--to", "full@example.test"),
+        2,
+        r"SMTP RCPT TO rejected: 552 5\.2\.2 .*Mailbox is full",
+    ),
+    Row(
+        "unknown user, bounced by the next hop",
+        _args("--to", "nobody@example.test"),
+        2,
+        r"bounced after \d+\.\d s: 550 5\.1\.1 <nobody@example\.test>: Recipient address rejected",
+    ),
+    Row(
+        "relay accepts (250 queued) but never delivers",
+        _held,
+        2,
+        r"not delivered within 3 s \(queued as \w+\)",
+    ),
     Row("delivery delayed by greylisting", _greylisted, 1, r"roundtrip \d+\.\d{3} s \(outside range 0:2\)"),
-    Row("server accepts TCP but never sends a banner", _silent, 2,
-        r"SMTP connect to 127\.0\.0\.1:\d+: no answer within \d\.\d s"),
-    Row("server drops the connection mid-DATA", _with_listener(_drops_mid_data), 2,
-        r"SMTP DATA failed: connection closed by 127\.0\.0\.1:\d+"),
-    Row("IMAP login fails", _imap_wrong_password, 2, r"IMAP LOGIN rejected for probe@example\.test: \[AUTHENTICATIONFAILED\]"),
-    Row("IMAP folder missing", _args("--imap-folder", "Gone"), 2, r'IMAP SELECT failed: folder "Gone" cannot be opened'),
-    Row("DNS name does not resolve", _unresolvable, 2,
-        r"SMTP connect failed: cannot resolve host name mail\.does-not-exist\.invalid"),
-    Row("-t shorter than the wait", _args("--to", "probe+hold@example.test", "--wait", "30", "-t", "3"), 3,
-        r"timeout: -t 3 s reached during waiting for delivery"),
+    Row(
+        "server accepts TCP but never sends a banner",
+        _silent,
+        2,
+        r"SMTP connect to 127\.0\.0\.1:\d+: no answer within \d\.\d s",
+    ),
+    Row(
+        "server drops the connection mid-DATA",
+        _with_listener(_drops_mid_data),
+        2,
+        r"SMTP DATA failed: connection closed by 127\.0\.0\.1:\d+",
+    ),
+    Row(
+        "IMAP login fails",
+        _imap_wrong_password,
+        2,
+        r"IMAP LOGIN rejected for probe@example\.test: \[AUTHENTICATIONFAILED\]",
+    ),
+    Row(
+        "IMAP folder missing",
+        _args("--imap-folder", "Gone"),
+        2,
+        r'IMAP SELECT failed: folder "Gone" cannot be opened',
+    ),
+    Row(
+        "DNS name does not resolve",
+        _unresolvable,
+        2,
+        r"SMTP connect failed: cannot resolve host name mail\.does-not-exist\.invalid",
+    ),
+    Row(
+        "-t shorter than the wait",
+        _args("--to", "probe+hold@example.test", "--wait", "30", "-t", "3"),
+        3,
+        r"timeout: -t 3 s reached during waiting for delivery",
+    ),
 ]
 
 
@@ -197,8 +343,11 @@ def secrets_of(stack):
     values = []
     for user in ("probe", "noauth"):
         password = open(stack.password_file(user)).read().strip()
-        values += [password, base64.b64encode(password.encode()).decode(),
-                   base64.b64encode(f"\0{stack.address(user)}\0{password}".encode()).decode()]
+        values += [
+            password,
+            base64.b64encode(password.encode()).decode(),
+            base64.b64encode(f"\0{stack.address(user)}\0{password}".encode()).decode(),
+        ]
     values.append("revoked-app-password")
     return values
 
@@ -225,11 +374,17 @@ def test_fault(stack, row, tmp_path, held_queue):
 def test_readme_table_matches_the_matrix():
     text = README.read_text()
     table = text.split("## What each failure looks like", 1)[1].split("\n## ", 1)[0]
-    rows = {cells[1].strip(): cells for cells in (line.split("|") for line in table.splitlines()) if len(cells) > 4}
+    rows = {
+        cells[1].strip(): cells
+        for cells in (line.split("|") for line in table.splitlines())
+        if len(cells) > 4
+    }
     for row in MATRIX:
         assert row.fault in rows, f"README lacks the row {row.fault!r}"
         example = rows[row.fault][3].strip().strip("`")
-        assert re.search(row.first_line, example), f"README example for {row.fault!r} does not match {row.first_line!r}"
+        assert re.search(row.first_line, example), (
+            f"README example for {row.fault!r} does not match {row.first_line!r}"
+        )
 
 
 if __name__ == "__main__":  # print the README table from real runs
@@ -282,5 +437,7 @@ def test_non_ascii_address_without_smtputf8_is_refused_clearly(stack, tmp_path):
     finally:
         close()
     assert run.returncode == 2, run.describe()
-    assert run.first_line.split(" | ")[0] == ("EMAIL_ROUNDTRIP CRITICAL - SMTP MAIL FROM impossible: the addresses "
-                                              "are not ASCII and the server offers no SMTPUTF8")
+    assert run.first_line.split(" | ")[0] == (
+        "EMAIL_ROUNDTRIP CRITICAL - SMTP MAIL FROM impossible: the addresses "
+        "are not ASCII and the server offers no SMTPUTF8"
+    )

@@ -27,7 +27,7 @@ def test_every_long_option_is_an_argument_with_its_variable():
         if not longs or longs[0] in ("--help", "--version"):
             continue
         variable = "email_roundtrip_" + longs[0][2:].replace("-", "_")
-        block = re.search(r'"%s" = \{(.*?)\n\t\t\}' % re.escape(longs[0]), conf, re.S)
+        block = re.search(rf'"{re.escape(longs[0])}" = \{{(.*?)\n\t\t\}}', conf, re.S)
         assert block, longs[0]
         key = "set_if" if action.nargs == 0 else "value"
         assert f'{key} = "${variable}$"' in block.group(1), longs[0]
@@ -37,7 +37,7 @@ def test_every_long_option_is_an_argument_with_its_variable():
 def test_passwords_only_through_env_and_timeout_beyond_the_wait_budget():
     conf = (TEMPLATES / "email_roundtrip.conf").read_text()
     assert 'CHECK_EMAIL_ROUNDTRIP_SMTP_PASSWORD = "$email_roundtrip_smtp_password$"' in conf
-    assert "--smtp-password\"" not in conf and "--imap-password\"" not in conf
+    assert '--smtp-password"' not in conf and '--imap-password"' not in conf
     assert re.search(r"timeout = 6m", conf)  # > the default -t of 335 s
     readme = (TEMPLATES / "README.md").read_text()
     assert "| `email_roundtrip_smtp_password` | Optional |" in readme

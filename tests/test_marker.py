@@ -7,7 +7,7 @@ from check_email_roundtrip.marker import MARKER_PREFIX, is_marker, new_marker
 def test_marker_has_prefix_and_96_random_bits_of_hex():
     marker = new_marker()
     assert marker.startswith(MARKER_PREFIX)
-    random_part = marker[len(MARKER_PREFIX):]
+    random_part = marker[len(MARKER_PREFIX) :]
     assert re.fullmatch(r"[0-9a-f]{24}", random_part)  # 24 hex digits = 96 bits >= 64
     assert is_marker(marker)
 

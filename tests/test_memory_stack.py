@@ -6,7 +6,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from conftest import assert_state, run_plugin
 from test_roundtrip_stack import implicit_tls_args
 
@@ -56,7 +55,12 @@ def test_consecutive_slow_round_trips_escalate(stack, tmp_path):
     for _ in range(2):
         assert_state(probe(stack, state, *slow), 1, "WARNING", "roundtrip ")
     run = probe(stack, state, *slow)
-    assert_state(run, 2, "CRITICAL", "EMAIL_ROUNDTRIP CRITICAL - round trip not OK in 3 consecutive runs (--escalate-after 3)")
+    assert_state(
+        run,
+        2,
+        "CRITICAL",
+        "EMAIL_ROUNDTRIP CRITICAL - round trip not OK in 3 consecutive runs (--escalate-after 3)",
+    )
     assert_state(probe(stack, state, "--escalate-after", "3"), 0, "OK")  # an OK run resets the streak
     assert json.loads(state.read_text())["slow_streak"] == 0
 
@@ -74,7 +78,9 @@ def test_unusable_state_file_is_a_warning_not_a_crash(stack, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     run = probe(stack, blocker / "state.json")  # a directory that is a file
-    assert_state(run, 1, "WARNING", f"EMAIL_ROUNDTRIP WARNING - state file {blocker}/state.json cannot be used (")
+    assert_state(
+        run, 1, "WARNING", f"EMAIL_ROUNDTRIP WARNING - state file {blocker}/state.json cannot be used ("
+    )
 
 
 def test_concurrent_runs_share_one_state_file(stack, tmp_path):

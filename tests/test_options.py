@@ -18,16 +18,24 @@ def password_env(monkeypatch):
 def test_defaults_follow_the_issue():
     settings = parse_settings(BASE)
     assert settings.mode is Mode.ROUNDTRIP
-    assert (settings.smtp.host, settings.smtp.port, settings.smtp.security) == ("mail.example.test", 587, Security.STARTTLS)
-    assert (settings.imap.host, settings.imap.port, settings.imap.security) == ("mail.example.test", 993, Security.TLS)
+    assert (settings.smtp.host, settings.smtp.port, settings.smtp.security) == (
+        "mail.example.test",
+        587,
+        Security.STARTTLS,
+    )
+    assert (settings.imap.host, settings.imap.port, settings.imap.security) == (
+        "mail.example.test",
+        993,
+        Security.TLS,
+    )
     assert settings.envelope_from == settings.recipient == "probe@example.test"
     assert settings.imap.user == "probe@example.test"
-    assert settings.imap.password.reveal() == "s3cret"  # same user: same password
+    assert settings.imap.login.credential.secret.reveal() == "s3cret"  # same user: same password
     assert settings.imap_folder == "INBOX"
-    assert str(settings.warning) == "60" and str(settings.critical) == "300"
+    assert str(settings.thresholds.warning) == "60" and str(settings.thresholds.critical) == "300"
     assert settings.wait == 305  # just past the critical threshold
     assert settings.timeout == 335 and settings.timeout > settings.wait
-    assert not settings.insecure
+    assert not settings.tls.insecure
 
 
 @pytest.mark.parametrize(
@@ -74,10 +82,16 @@ def test_wait_follows_critical_and_timeout_follows_wait():
 
 def test_phase_thresholds_have_budgets_and_can_be_changed():
     settings = parse_settings(BASE)
-    budgets = {label: str(pair[0]) for label, pair in settings.phase_thresholds.items()}
-    assert budgets == {"smtp_connect": "2", "smtp_starttls": "2", "smtp_auth": "1", "smtp_submit": "3", "imap_retrieval": "3"}
+    budgets = {label: str(pair[0]) for label, pair in settings.thresholds.phases.items()}
+    assert budgets == {
+        "smtp_connect": "2",
+        "smtp_starttls": "2",
+        "smtp_auth": "1",
+        "smtp_submit": "3",
+        "imap_retrieval": "3",
+    }
     settings = parse_settings(BASE + ["--phase-warning", "smtp_auth=0.5", "--phase-critical", "smtp_auth=5"])
-    assert [str(r) for r in settings.phase_thresholds["smtp_auth"]] == ["0.5", "5"]
+    assert [str(r) for r in settings.thresholds.phases["smtp_auth"]] == ["0.5", "5"]
 
 
 def test_password_file_first_line(tmp_path, monkeypatch):
@@ -85,14 +99,14 @@ def test_password_file_first_line(tmp_path, monkeypatch):
     path = tmp_path / "pw"
     path.write_text("from-file\nignored\n")
     settings = parse_settings(BASE + ["--smtp-password-file", str(path)])
-    assert settings.smtp.password.reveal() == "from-file"
+    assert settings.smtp.login.credential.secret.reveal() == "from-file"
     assert "from-file" not in repr(settings)
 
 
 def test_imap_password_from_its_own_variable(monkeypatch):
     monkeypatch.setenv("CHECK_EMAIL_ROUNDTRIP_IMAP_PASSWORD", "imap-pw")
     settings = parse_settings(BASE + ["--imap-user", "reader@example.test"])
-    assert settings.imap.password.reveal() == "imap-pw"
+    assert settings.imap.login.credential.secret.reveal() == "imap-pw"
 
 
 @pytest.mark.parametrize(
@@ -108,7 +122,10 @@ def test_imap_password_from_its_own_variable(monkeypatch):
         (BASE + ["--smtp-security", "ssl"], "invalid choice"),
         (BASE + ["--smtp-password-file", "/nonexistent/pw"], "cannot read SMTP password file"),
         (BASE + ["positional"], "unrecognized arguments"),
-        (BASE + ["--ca-file", "/nonexistent/ca.pem"], "cannot use --ca-file /nonexistent/ca.pem: No such file"),
+        (
+            BASE + ["--ca-file", "/nonexistent/ca.pem"],
+            "cannot use --ca-file /nonexistent/ca.pem: No such file",
+        ),
         (BASE + ["--ca-file", __file__], "cannot use --ca-file .*: no usable certificate in it"),
     ],
 )

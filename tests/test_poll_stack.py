@@ -12,8 +12,21 @@ from mailstack import IMAPS_PORT, SUBMISSION_PORT
 
 
 def poll_args(stack, *extra):
-    return ["--mode", "poll", "-H", "localhost", "--ca-file", stack.ca, "--imap-port", str(IMAPS_PORT),
-            "--imap-user", stack.address("probe"), "--imap-password-file", stack.password_file("probe"), *extra]
+    return [
+        "--mode",
+        "poll",
+        "-H",
+        "localhost",
+        "--ca-file",
+        stack.ca,
+        "--imap-port",
+        str(IMAPS_PORT),
+        "--imap-user",
+        stack.address("probe"),
+        "--imap-password-file",
+        stack.password_file("probe"),
+        *extra,
+    ]
 
 
 def deliver_report(stack, subject, sender="backup@example.test"):
@@ -39,9 +52,16 @@ def wait_until_polled_ok(stack, *args):
 def test_poll_finds_a_delivered_report(stack):
     subject = f"Nightly backup report {secrets.token_hex(4)}"
     deliver_report(stack, subject)
-    run = wait_until_polled_ok(stack, "--subject", subject, "--sender", "backup@example.test", "-w", "3600", "-c", "7200")
-    assert_state(run, 0, "OK", f'EMAIL_ROUNDTRIP OK - newest message matching subject "{subject}" and sender '
-                               f'"backup@example.test" arrived ')
+    run = wait_until_polled_ok(
+        stack, "--subject", subject, "--sender", "backup@example.test", "-w", "3600", "-c", "7200"
+    )
+    assert_state(
+        run,
+        0,
+        "OK",
+        f'EMAIL_ROUNDTRIP OK - newest message matching subject "{subject}" and sender '
+        f'"backup@example.test" arrived ',
+    )
     assert run.perfdata["matches"] == 1 and 0 <= run.perfdata["age"] < 60
     assert set(run.perfdata) == {"age", "matches"}
 
@@ -57,7 +77,7 @@ def test_poll_age_over_threshold(stack):
 
 def test_poll_with_no_match_is_critical(stack):
     run = run_plugin(*poll_args(stack, "--subject", f"never sent {secrets.token_hex(4)}", "--window", "3600"))
-    assert_state(run, 2, "CRITICAL", "EMAIL_ROUNDTRIP CRITICAL - no message matching subject \"never sent ")
+    assert_state(run, 2, "CRITICAL", 'EMAIL_ROUNDTRIP CRITICAL - no message matching subject "never sent ')
     assert " since 20" in run.first_line and run.perfdata == {"matches": 0}
 
 
@@ -74,8 +94,10 @@ def test_poll_ignores_matches_older_than_the_window(stack):
 
 def test_poll_header_criterion(stack):
     marker = secrets.token_hex(4)
-    raw = (f"From: saas@example.net\r\nTo: probe@example.test\r\nSubject: Notification\r\n"
-           f"X-Saas-Job: job-{marker}\r\n\r\nhello\r\n").encode()
+    raw = (
+        f"From: saas@example.net\r\nTo: probe@example.test\r\nSubject: Notification\r\n"
+        f"X-Saas-Job: job-{marker}\r\n\r\nhello\r\n"
+    ).encode()
     stack.append_message("probe", "INBOX", raw, datetime.now(timezone.utc))
     run = run_plugin(*poll_args(stack, "--header", f"X-Saas-Job: job-{marker}"))
     assert_state(run, 0, "OK", f'matching X-Saas-Job "job-{marker}"')

@@ -3,7 +3,7 @@
 import pytest
 
 from check_email_roundtrip.errors import Phase, ProbeError
-from check_email_roundtrip.imap import quote_mailbox
+from check_email_roundtrip.imapsyntax import quote_mailbox
 from check_email_roundtrip.smtp import parse_queue_id
 
 
@@ -35,7 +35,9 @@ def test_quote_mailbox(name, quoted):
 
 
 def test_probe_error_is_one_line_with_phase_code_and_text():
-    error = ProbeError(Phase.SMTP_RCPT, "rejected", 550, "5.1.1 <x@example.test>:\r\n Recipient address rejected")
+    error = ProbeError(
+        Phase.SMTP_RCPT, "rejected", 550, "5.1.1 <x@example.test>:\r\n Recipient address rejected"
+    )
     assert str(error) == "SMTP RCPT TO rejected: 550 5.1.1 <x@example.test>: Recipient address rejected"
     assert (error.phase, error.code) == (Phase.SMTP_RCPT, 550)
 
@@ -43,14 +45,11 @@ def test_probe_error_is_one_line_with_phase_code_and_text():
 def test_probe_message_carries_marker_and_uses_crlf(monkeypatch):
     import email
 
-    from check_email_roundtrip.cli import parse_settings
     from check_email_roundtrip.marker import new_marker
-    from check_email_roundtrip.probe import build_message
+    from check_email_roundtrip.message import build_message
 
-    monkeypatch.setenv("CHECK_EMAIL_ROUNDTRIP_SMTP_PASSWORD", "pw")
-    settings = parse_settings(["-H", "mx", "--smtp-user", "probe@example.test", "--to", "inbox@example.test"])
     marker = new_marker()
-    raw = build_message(settings, marker)
+    raw = build_message("probe@example.test", "inbox@example.test", marker)
     assert b"\n" not in raw.replace(b"\r\n", b"")  # no bare LF, no bare CR
     message = email.message_from_bytes(raw)
     assert marker in message["Subject"] and marker in message.get_payload()
@@ -66,7 +65,9 @@ def test_postfix_dsn_is_read():
     raw = (pathlib.Path(__file__).parent / "headers" / "postfix_dsn.eml").read_bytes()
     bounce = parse_dsn(raw)
     assert bounce.failed and bounce.status == "5.1.1" and bounce.recipient == "nobody@example.test"
-    assert bounce.diagnostic.startswith("550 5.1.1 <nobody@example.test>: Recipient address rejected: User unknown")
+    assert bounce.diagnostic.startswith(
+        "550 5.1.1 <nobody@example.test>: Recipient address rejected: User unknown"
+    )
 
 
 @pytest.mark.parametrize(
@@ -74,7 +75,8 @@ def test_postfix_dsn_is_read():
     [
         b"",
         b"Subject: hello\r\n\r\nnot a report\r\n",
-        b"Content-Type: multipart/report; boundary=x\r\n\r\n--x\r\nContent-Type: message/delivery-status\r\n\r\n--x--\r\n",
+        b"Content-Type: multipart/report; boundary=x\r\n\r\n--x\r\n"
+        b"Content-Type: message/delivery-status\r\n\r\n--x--\r\n",
         b"Content-Type: multipart/report; boundary=\r\n\r\ngarbage",
     ],
 )
@@ -87,8 +89,10 @@ def test_not_a_dsn_or_a_broken_one_is_none(raw):
 def test_delayed_dsn_is_not_a_failure():
     from check_email_roundtrip.dsn import parse_dsn
 
-    raw = (b"Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n--b\r\n"
-           b"Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx\r\n\r\n"
-           b"Final-Recipient: rfc822; a@example.test\r\nAction: delayed\r\nStatus: 4.4.1\r\n\r\n--b--\r\n")
+    raw = (
+        b"Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n--b\r\n"
+        b"Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx\r\n\r\n"
+        b"Final-Recipient: rfc822; a@example.test\r\nAction: delayed\r\nStatus: 4.4.1\r\n\r\n--b--\r\n"
+    )
     bounce = parse_dsn(raw)
     assert bounce.action == "delayed" and not bounce.failed and bounce.status == "4.4.1"

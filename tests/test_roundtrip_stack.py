@@ -1,8 +1,8 @@
 """The installed plugin against the real Postfix + Dovecot stack on loopback."""
 
 import base64
-import re
 import imaplib
+import re
 import socket
 import ssl
 import threading
@@ -10,21 +10,44 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from conftest import assert_state, run_plugin
 from mailstack import IMAP_PORT, IMAPS_PORT, SUBMISSION_PORT, SUBMISSIONS_PORT
 
-STARTTLS_LABELS = {"roundtrip", "smtp_connect", "smtp_starttls", "smtp_auth", "smtp_submit", "smtp_total", "imap_retrieval",
-                   "auth_spf", "auth_dkim", "auth_dmarc", "late", "lost"}
+STARTTLS_LABELS = {
+    "roundtrip",
+    "smtp_connect",
+    "smtp_starttls",
+    "smtp_auth",
+    "smtp_submit",
+    "smtp_total",
+    "imap_retrieval",
+    "auth_spf",
+    "auth_dkim",
+    "auth_dmarc",
+    "late",
+    "lost",
+}
 IMPLICIT_TLS_LABELS = STARTTLS_LABELS - {"smtp_starttls"}
 
 
 def _probe_args(stack, user, smtp_port, imap_port, security, extra):
     return [
-        "-H", "localhost", "--ca-file", stack.ca,
-        "--smtp-port", str(smtp_port), "--smtp-security", security,
-        "--imap-port", str(imap_port), "--imap-security", security,
-        "--smtp-user", stack.address(user), "--smtp-password-file", stack.password_file(user),
+        "-H",
+        "localhost",
+        "--ca-file",
+        stack.ca,
+        "--smtp-port",
+        str(smtp_port),
+        "--smtp-security",
+        security,
+        "--imap-port",
+        str(imap_port),
+        "--imap-security",
+        security,
+        "--smtp-user",
+        stack.address(user),
+        "--smtp-password-file",
+        stack.password_file(user),
         *extra,
     ]
 
@@ -65,8 +88,11 @@ def test_perfdata_on_line_one_unless_there_is_long_output(stack):
     assert [line.split("=")[0] for line in run.lines[1:-1]] == ["spf", "dkim", "dmarc"]
     assert "|" not in run.first_line and run.lines[-1].startswith("| ")
     # two phases over budget: both named below the status line, perfdata last
-    run = run_plugin(*implicit_tls_args(stack, "probe", "--phase-warning", "smtp_connect=0:0",
-                                        "--phase-warning", "smtp_submit=0:0"))
+    run = run_plugin(
+        *implicit_tls_args(
+            stack, "probe", "--phase-warning", "smtp_connect=0:0", "--phase-warning", "smtp_submit=0:0"
+        )
+    )
     assert_state(run, 1, "WARNING", "EMAIL_ROUNDTRIP WARNING - smtp_")
     assert "|" not in run.first_line and run.lines[-1].startswith("| ")
     assert any(line.startswith("smtp_connect ") for line in run.lines[1:-1])
@@ -143,7 +169,11 @@ def test_delayed_delivery_crossing_warning_is_warning(stack, held_queue):
 
 def test_delayed_delivery_crossing_critical_is_critical(stack, held_queue):
     thread = _release_held_after(stack, 2.0)
-    run = run_plugin(*starttls_args(stack, "probe", "--to", "probe+hold@example.test", "-w", "0.5", "-c", "1", "--wait", "20"))
+    run = run_plugin(
+        *starttls_args(
+            stack, "probe", "--to", "probe+hold@example.test", "-w", "0.5", "-c", "1", "--wait", "20"
+        )
+    )
     thread.join()
     assert_state(run, 2, "CRITICAL", "EMAIL_ROUNDTRIP CRITICAL - roundtrip ")
     assert run.perfdata["roundtrip"] >= 2.0
@@ -172,7 +202,12 @@ def test_wrong_imap_password_is_critical(stack, tmp_path):
     wrong = tmp_path / "wrong"
     wrong.write_text("not-the-password\n")
     run = run_plugin(*implicit_tls_args(stack, "probe", "--imap-password-file", str(wrong)))
-    assert_state(run, 2, "CRITICAL", "EMAIL_ROUNDTRIP CRITICAL - IMAP LOGIN rejected for probe@example.test: [AUTHENTICATIONFAILED]")
+    assert_state(
+        run,
+        2,
+        "CRITICAL",
+        "EMAIL_ROUNDTRIP CRITICAL - IMAP LOGIN rejected for probe@example.test: [AUTHENTICATIONFAILED]",
+    )
 
 
 def test_port_with_nothing_listening_is_critical(stack, free_port):
@@ -209,7 +244,7 @@ def test_imap_certificate_for_another_name_is_critical(stack):
 def test_untrusted_certificate_is_critical_on_either_server(stack):
     # Without --ca-file the stack's private CA is not in the system store.
     args = implicit_tls_args(stack)
-    del args[args.index("--ca-file"):args.index("--ca-file") + 2]
+    del args[args.index("--ca-file") : args.index("--ca-file") + 2]
     run = run_plugin(*args, "--mode", "submit")
     assert_state(run, 2, "CRITICAL", "SMTP TLS handshake to localhost:")
     assert "certificate not accepted: unable to get local issuer certificate" in run.first_line
@@ -250,9 +285,15 @@ def test_starttls_not_offered_is_critical_and_sends_no_auth(stack):
 
     server, received = _scripted_smtp_peer(respond)
     port = server.getsockname()[1]
-    run = run_plugin(*starttls_args(stack, "probe", "--smtp-host", "127.0.0.1", "--smtp-port", str(port), "--mode", "submit"))
+    run = run_plugin(
+        *starttls_args(
+            stack, "probe", "--smtp-host", "127.0.0.1", "--smtp-port", str(port), "--mode", "submit"
+        )
+    )
     server.close()
-    assert_state(run, 2, "CRITICAL", "SMTP STARTTLS not offered by the server: refusing to continue without TLS")
+    assert_state(
+        run, 2, "CRITICAL", "SMTP STARTTLS not offered by the server: refusing to continue without TLS"
+    )
     assert not any(line.upper().startswith(b"AUTH") for line in received), received
 
 
@@ -296,8 +337,18 @@ def _silent_listener(drip=None):
 def test_server_that_never_greets_is_critical_before_t(stack):
     server, stop = _silent_listener()
     try:
-        run = run_plugin(*starttls_args(stack, "probe", "--smtp-host", "127.0.0.1", "--smtp-port",
-                                        str(server.getsockname()[1]), "-t", "3"))
+        run = run_plugin(
+            *starttls_args(
+                stack,
+                "probe",
+                "--smtp-host",
+                "127.0.0.1",
+                "--smtp-port",
+                str(server.getsockname()[1]),
+                "-t",
+                "3",
+            )
+        )
     finally:
         stop.set()
     assert_state(run, 2, "CRITICAL", "SMTP connect to 127.0.0.1:")
@@ -310,8 +361,18 @@ def test_server_that_never_greets_is_critical_before_t(stack):
 def test_t_reached_is_unknown_naming_the_stage(stack):
     server, stop = _silent_listener(drip=b"220-still greeting\r\n")
     try:
-        run = run_plugin(*starttls_args(stack, "probe", "--smtp-host", "127.0.0.1", "--smtp-port",
-                                        str(server.getsockname()[1]), "-t", "2"))
+        run = run_plugin(
+            *starttls_args(
+                stack,
+                "probe",
+                "--smtp-host",
+                "127.0.0.1",
+                "--smtp-port",
+                str(server.getsockname()[1]),
+                "-t",
+                "2",
+            )
+        )
     finally:
         stop.set()
     assert_state(run, 3, "UNKNOWN", "EMAIL_ROUNDTRIP UNKNOWN - timeout: -t 2 s reached during SMTP connect")
@@ -319,7 +380,9 @@ def test_t_reached_is_unknown_naming_the_stage(stack):
 
 
 def test_t_shorter_than_wait_ends_in_time_naming_the_wait(stack, held_queue):
-    run = run_plugin(*implicit_tls_args(stack, "probe", "--to", "probe+hold@example.test", "--wait", "30", "-t", "3"))
+    run = run_plugin(
+        *implicit_tls_args(stack, "probe", "--to", "probe+hold@example.test", "--wait", "30", "-t", "3")
+    )
     assert_state(run, 3, "UNKNOWN", "timeout: -t 3 s reached during waiting for delivery")
     assert run.seconds < 3 + 1
 
@@ -331,7 +394,7 @@ def test_no_password_in_output_even_at_vvv(stack):
     plain = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
     run = run_plugin(*starttls_args(stack, "probe", "-vvv"))
     assert_state(run, 0, "OK")
-    assert "SMTP send:" in run.stdout and "IMAP " in run.stdout  # the trace is there
+    assert "SMTP > " in run.stdout and "IMAP > " in run.stdout  # the trace is there
     for secret in (password, plain, base64.b64encode(password.encode()).decode()):
         assert secret not in run.stdout + run.stderr
     assert "<AUTH exchange hidden>" in run.stdout and "<LOGIN command hidden>" in run.stdout
@@ -350,9 +413,21 @@ def test_server_echoing_credentials_in_its_error_is_masked(tmp_path):
         return None
 
     server, _ = _scripted_smtp_peer(respond)
-    run = run_plugin("--smtp-host", "127.0.0.1", "--smtp-port", str(server.getsockname()[1]),
-                     "--smtp-security", "none", "--mode", "submit", "--smtp-user", "probe@example.test",
-                     "--smtp-password-file", str(tmp_path / "pw"), "-vvv")
+    run = run_plugin(
+        "--smtp-host",
+        "127.0.0.1",
+        "--smtp-port",
+        str(server.getsockname()[1]),
+        "--smtp-security",
+        "none",
+        "--mode",
+        "submit",
+        "--smtp-user",
+        "probe@example.test",
+        "--smtp-password-file",
+        str(tmp_path / "pw"),
+        "-vvv",
+    )
     server.close()
     assert_state(run, 2, "CRITICAL", "SMTP AUTH rejected: 535 5.7.8 rejected: AUTH PLAIN ******** / ********")
     plain = base64.b64encode(f"\0probe@example.test\0{password}".encode()).decode()
@@ -361,6 +436,8 @@ def test_server_echoing_credentials_in_its_error_is_masked(tmp_path):
 
 def test_password_from_environment(stack):
     password = open(stack.password_file("probe")).read().strip()
-    args = [a for a in starttls_args(stack) if a not in ("--smtp-password-file", stack.password_file("probe"))]
+    args = [
+        a for a in starttls_args(stack) if a not in ("--smtp-password-file", stack.password_file("probe"))
+    ]
     run = run_plugin(*args, env={"CHECK_EMAIL_ROUNDTRIP_SMTP_PASSWORD": password})
     assert_state(run, 0, "OK")

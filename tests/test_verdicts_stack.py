@@ -9,7 +9,6 @@ them back afterwards.
 import socket
 
 import pytest
-
 from conftest import assert_state, run_plugin
 from mailstack import DNS_PORT
 from test_roundtrip_stack import implicit_tls_args
@@ -63,7 +62,9 @@ def test_wrong_dkim_key_fails_dkim_while_dns_finds_the_key_fine(dns):
     # A valid key, but not the one the signer uses: only the verifier can tell.
     dns.set_dns(dkim=dns.dkim_other_public_txt())
     run = run_plugin(*verdict_args(dns))
-    assert_state(run, 1, "WARNING", "EMAIL_ROUNDTRIP WARNING - dkim=fail (header.d=example.test, header.s=s2026")
+    assert_state(
+        run, 1, "WARNING", "EMAIL_ROUNDTRIP WARNING - dkim=fail (header.d=example.test, header.s=s2026"
+    )
     assert run.perfdata["dns_findings"] == 0
 
 
@@ -73,8 +74,10 @@ def test_spf_excluding_the_relay_warns_while_dmarc_passes_through_dkim(dns):
     assert_state(run, 1, "WARNING", "EMAIL_ROUNDTRIP WARNING - spf=fail (smtp.mailfrom=probe@example.test, ")
     assert "does not designate 127.0.0.1 as permitted sender" in run.first_line  # the receiver's own words
     assert any(line.startswith("dmarc=pass") for line in run.lines)
-    assert ("SPF record of example.test does not name 127.0.0.1, the address the mail came from (fail)"
-            in run.lines)
+    assert (
+        "SPF record of example.test does not name 127.0.0.1, the address the mail came from (fail)"
+        in run.lines
+    )
 
 
 def test_spf_and_dkim_broken_fail_dmarc_critical(dns):
@@ -91,8 +94,10 @@ def test_forged_header_in_the_submitted_message_is_ignored(dns):
     dns.set_dns(spf="v=spf1 ip4:192.0.2.1 -all", dkim=None)
     run = run_plugin(*verdict_args(dns, "--to", "probe+forge@example.test", "-v"))
     assert_state(run, 2, "CRITICAL", "EMAIL_ROUNDTRIP CRITICAL - dmarc=fail")
-    assert ("ignored Authentication-Results header 2 from mx.example.test (not the topmost; repeats the receiver's "
-            "methods: possibly forged)") in run.lines, run.stdout
+    assert (
+        "ignored Authentication-Results header 2 from mx.example.test (not the topmost; "
+        "repeats the receiver's methods: possibly forged)"
+    ) in run.lines, run.stdout
 
 
 def test_spf_over_ten_lookups(dns):
@@ -114,17 +119,30 @@ def test_dmarc_record_missing(dns):
 
 def test_authserv_id_of_another_receiver_trusts_nothing(dns):
     run = run_plugin(*implicit_tls_args(dns, "probe", "--authserv-id", "other.example.net"))
-    assert_state(run, 1, "WARNING", "EMAIL_ROUNDTRIP WARNING - no Authentication-Results header from the receiver")
+    assert_state(
+        run, 1, "WARNING", "EMAIL_ROUNDTRIP WARNING - no Authentication-Results header from the receiver"
+    )
 
 
 def test_dns_time_out_is_reported_as_such(dns):
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # answers nothing
     silent.bind(("127.0.0.1", 0))
     try:
-        run = run_plugin(*implicit_tls_args(dns, "probe", "--dns-checks", "--nameserver",
-                                            f"127.0.0.1:{silent.getsockname()[1]}", "-t", "20"))
+        run = run_plugin(
+            *implicit_tls_args(
+                dns,
+                "probe",
+                "--dns-checks",
+                "--nameserver",
+                f"127.0.0.1:{silent.getsockname()[1]}",
+                "-t",
+                "20",
+            )
+        )
     finally:
         silent.close()
     assert_state(run, 1, "WARNING")
-    assert any("timed out after" in line and line.startswith("DNS lookup of TXT") for line in run.lines), run.stdout
+    assert any("timed out after" in line and line.startswith("DNS lookup of TXT") for line in run.lines), (
+        run.stdout
+    )
     assert not any("not published" in line for line in run.lines)

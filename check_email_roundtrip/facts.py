@@ -1,0 +1,148 @@
+"""What a run found out: one frozen result type per mode.
+
+The probe (``probe.py``) returns one of :class:`SubmitResult`,
+:class:`RoundtripResult` or :class:`PollResult`; the nagiosplugin layer and
+the renderers read them and never change them.  A result that ``stopped``
+carries the :class:`~.errors.ProbeError` (a fact about the service) or the
+:class:`~.errors.RunTimeout` (the ``-t`` budget ran out) that ended the run;
+its timings then hold the phases that did complete.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Union
+
+from .errors import ProbeError, RunTimeout
+from .memory import PendingProbe
+from .session import PhaseTimes
+from .smtp import Submission
+
+if TYPE_CHECKING:
+    from .dnscheck import DnsReport
+    from .dsn import Bounce
+    from .verdicts import AuthVerdicts
+
+
+class WatchKind(enum.Enum):
+    """Why a folder is watched while waiting."""
+
+    TARGET = "target"  # --imap-folder: where the probe should land
+    JUNK = "junk"  # where a spam filter may have put it
+    BOUNCE = "bounce"  # the sender's folder, for bounces of the probe
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class SmtpTimings:
+    """Seconds per SMTP phase (see ``smtp.py``); None: did not run or complete."""
+
+    connect: float | None = None
+    starttls: float | None = None
+    auth: float | None = None
+    submit: float | None = None
+    total: float | None = None
+
+    @classmethod
+    def of(cls, times: PhaseTimes) -> SmtpTimings:
+        return cls(*(times.get(name) for name in ("connect", "starttls", "auth", "submit", "total")))
+
+
+@dataclass(frozen=True)
+class ImapTimings:
+    """One look into the mailbox: what finding the message cost, step by step."""
+
+    connect: float | None = None  # TCP (+ TLS for implicit TLS) + greeting
+    starttls: float | None = None
+    login: float | None = None
+    select: float | None = None  # opening the folder the message was found in
+    search: float | None = None  # the search that found the message
+    fetch: float | None = None  # header fetch of the found message
+    searches: int = 0
+
+    @property
+    def cycle(self) -> float | None:
+        """The whole look, when a search found something; else None."""
+        if self.search is None:
+            return None
+        steps = (self.connect, self.starttls, self.login, self.select, self.search, self.fetch)
+        return sum(step for step in steps if step is not None)
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """This run's probe, found."""
+
+    folder: str
+    kind: WatchKind  # TARGET or JUNK
+    uid: int
+    roundtrip: float  # seconds from MAIL FROM until the search saw it
+    header: bytes  # its header block, for the verdicts
+
+
+@dataclass(frozen=True)
+class Bounced:
+    """A bounce of this run's probe came back."""
+
+    bounce: Bounce
+    after: float  # seconds after MAIL FROM
+
+
+@dataclass(frozen=True)
+class LateArrival:
+    probe: PendingProbe
+    delay: float  # seconds from its MAIL FROM to its INTERNALDATE
+
+
+@dataclass(frozen=True)
+class Housekeeping:
+    deleted: bool | None = None  # --cleanup: this run's message is gone (None: not asked)
+    purged: tuple[tuple[str, int], ...] = ()  # --purge-older-than: (folder, count)
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    marker: str
+    smtp: SmtpTimings
+    submission: Submission | None = None
+    error: ProbeError | None = None
+    timeout: RunTimeout | None = None
+
+
+@dataclass(frozen=True)
+class RoundtripResult:
+    marker: str
+    smtp: SmtpTimings
+    submission: Submission | None = None
+    imap: ImapTimings | None = None
+    arrival: Arrival | None = None
+    bounced: Bounced | None = None
+    not_delivered_within: float | None = None  # set when --wait ran out
+    verdicts: AuthVerdicts | None = None  # the receiver's, once found
+    dns: DnsReport | None = None  # with --dns-checks
+    late: tuple[LateArrival, ...] = ()  # earlier runs' probes that arrived since
+    lost: tuple[PendingProbe, ...] = ()  # earlier runs' probes now counted lost
+    housekeeping: Housekeeping = Housekeeping()
+    error: ProbeError | None = None
+    timeout: RunTimeout | None = None
+
+    @property
+    def roundtrip(self) -> float | None:
+        return self.arrival.roundtrip if self.arrival else None
+
+
+@dataclass(frozen=True)
+class PollResult:
+    since: datetime  # start of the window (UTC)
+    imap: ImapTimings | None = None
+    matches: int | None = None  # messages matching in the window
+    newest_age: float | None = None  # seconds since the newest match arrived (INTERNALDATE)
+    error: ProbeError | None = None
+    timeout: RunTimeout | None = None
+
+
+ProbeResult = Union[SubmitResult, RoundtripResult, PollResult]

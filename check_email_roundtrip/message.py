@@ -1,0 +1,91 @@
+"""Messages: the probe we send, and reading the headers of what we find.
+
+``build_message`` makes the probe; ``parse_header`` is the one place where a
+header block fetched over IMAP becomes a message object (the verdicts, the
+DNS checks and the classification below all read headers through it), and
+``parse_message`` the one for a whole message (a bounce);
+``classify`` tells this run's probe from a bounce quoting it.  The email
+package is imported when first needed: a run that fails before DATA never
+loads it.
+"""
+
+from __future__ import annotations
+
+import enum
+import socket
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+from . import __version__
+
+if TYPE_CHECKING:
+    from email.message import Message
+
+# The header that carries the marker, besides Subject and body.
+MARKER_HEADER = "X-Check-Email-Roundtrip"
+
+
+class Kind(enum.Enum):
+    """What a message that quotes the marker is."""
+
+    PROBE = "probe"  # this run's message
+    BOUNCE = "bounce"  # a delivery status notification quoting it
+    OTHER = "other"  # a forward or a reply quoting the marker: not ours to judge
+
+
+def build_message(envelope_from: str, recipient: str, marker: str) -> bytes:
+    """The probe message, with CRLF line ends as SMTP requires (bare LF is
+    refused by servers hardened against SMTP smuggling)."""
+    import email.policy
+    from email.message import EmailMessage
+    from email.utils import format_datetime, make_msgid
+
+    message = EmailMessage()
+    message["From"] = envelope_from
+    message["To"] = recipient
+    message["Subject"] = f"check_email_roundtrip probe {marker}"
+    message["Date"] = format_datetime(datetime.now(timezone.utc))
+    domain = envelope_from.rpartition("@")[2] or None
+    message["Message-ID"] = make_msgid(idstring=marker, domain=domain)
+    message[MARKER_HEADER] = marker
+    message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies to probes
+    message.set_content(
+        "This message was sent by check_email_roundtrip "
+        f"{__version__} to prove that mail is delivered.\n"
+        f"Marker: {marker}\n"
+        f"Sent by: {socket.gethostname()}\n"
+        "It can be deleted.\n"
+    )
+    ascii_only = envelope_from.isascii() and recipient.isascii()
+    return message.as_bytes(policy=email.policy.SMTP if ascii_only else email.policy.SMTPUTF8)
+
+
+def parse_header(block: bytes) -> Message:
+    """A header block (or a whole message) as the email package's Message,
+    leniently (compat32: nothing a sender writes makes it raise)."""
+    import email.parser
+    import email.policy
+
+    return email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(block)
+
+
+def parse_message(raw: bytes) -> Message:
+    """A whole message (a bounce, to read its delivery status), leniently."""
+    import email.parser
+    import email.policy
+
+    return email.parser.BytesParser(policy=email.policy.compat32).parsebytes(raw)
+
+
+def unfold(value: object) -> str:
+    """A header value on one line, whitespace runs made one space."""
+    return " ".join(str(value).split())
+
+
+def classify(header: bytes, marker: str) -> Kind:
+    message = parse_header(header)
+    if unfold(message.get(MARKER_HEADER, "")) == marker or marker in str(message.get("Subject", "")):
+        return Kind.PROBE
+    if str(message.get("Content-Type", "")).lower().startswith("multipart/report"):
+        return Kind.BOUNCE
+    return Kind.OTHER

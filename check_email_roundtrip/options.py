@@ -1,0 +1,559 @@
+"""Every command-line option, as data.
+
+``OPTION_GROUPS`` is the table: each :class:`Option` has its flags, its kind,
+how its text becomes a value, and its help.  The SMTP and IMAP options are one
+family written once (:data:`SERVER_FAMILIES`) and generated per protocol.
+``build_parser`` turns the table into argparse; the Icinga 2 template
+generator reads the same table.  Converters raise ``argparse.ArgumentTypeError``
+with the reason in the user's terms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import nagiosplugin
+
+from . import __version__
+from .settings import Level, Mode, Security
+
+SMTP_PASSWORD_ENV = "CHECK_EMAIL_ROUNDTRIP_SMTP_PASSWORD"
+IMAP_PASSWORD_ENV = "CHECK_EMAIL_ROUNDTRIP_IMAP_PASSWORD"
+BOUNCE_PASSWORD_ENV = "CHECK_EMAIL_ROUNDTRIP_BOUNCE_PASSWORD"
+
+DEFAULT_WARNING = "60"
+DEFAULT_CRITICAL = "300"
+DEFAULT_WINDOW = 90000.0  # poll mode: a daily report, and an hour of slack
+DEFAULT_LOST_AFTER = 86400.0  # a probe not delivered after a day is lost, not late
+# --wait defaults to this much past the end of the critical range, so that a
+# message arriving just after the critical threshold is still reported with
+# its round trip rather than as lost.
+WAIT_PAST_CRITICAL = 5.0
+# -t defaults to --wait plus this: room for the SMTP and IMAP sessions around
+# the wait (each socket gives up 0.5 s before -t).
+TIMEOUT_PAST_WAIT = 30.0
+# Longest duration any option takes (a year): beyond it a float still parses
+# but time arithmetic overflows, and no check waits that long.
+MAX_SECONDS = 366 * 86400.0
+RANGE_EXAMPLES = "ranges look like 60, 10:, ~:60, 10:20 or @10:20"
+
+
+class Kind(enum.Enum):
+    VALUE = "value"  # --option VALUE
+    FLAG = "flag"  # --option
+    LIST = "list"  # --option VALUE, repeatable
+    COUNT = "count"  # -v, -vv, -vvv
+
+
+@dataclass(frozen=True)
+class Option:
+    flags: tuple[str, ...]
+    help: str
+    kind: Kind = Kind.VALUE
+    convert: Callable[[str], Any] | None = None
+    metavar: str | None = None
+    default: Any = None
+    dest: str | None = None
+    env: str | None = None  # an environment variable that may give the value instead
+
+    @property
+    def long(self) -> str:
+        return next(flag for flag in self.flags if flag.startswith("--"))
+
+    @property
+    def name(self) -> str:
+        return self.dest or self.long[2:].replace("-", "_")
+
+
+# -- converters: text -> value, or the reason in the user's terms -----------------------------
+def nagios_range(text: str) -> nagiosplugin.Range:
+    """A Nagios range (``[@]start:end``, ``~`` for minus infinity), checked
+    here so that a bad one is explained, not a Python message."""
+    spec = text.strip()
+    body = spec[1:] if spec.startswith("@") else spec
+    start, sep, end = body.rpartition(":")
+    if not body or (sep and not start.strip("~") and not end):
+        raise argparse.ArgumentTypeError(f"invalid range {text!r}: {RANGE_EXAMPLES}")
+    for part in (start if start != "~" else "", end):
+        if not part:
+            continue
+        try:
+            value = float(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"invalid range {text!r}: {part!r} is not a number ({RANGE_EXAMPLES})"
+            ) from None
+        if not math.isfinite(value) or abs(value) > MAX_SECONDS * 1000:
+            raise argparse.ArgumentTypeError(f"invalid range {text!r}: {part!r} is out of bounds")
+    try:
+        return nagiosplugin.Range(spec)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"invalid range {text!r}: {exc}") from None
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    if value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text} s is more than a year: {text!r}")
+    return value
+
+
+def days(text: str) -> float:
+    value = seconds(text)
+    if value * 86400 > MAX_SECONDS * 100:
+        raise argparse.ArgumentTypeError(f"more days than the calendar can count back: {text!r}")
+    return value
+
+
+def whole_number(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1: {text!r}")
+    return int(text)
+
+
+def port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"port out of range: {text!r}")
+    return value
+
+
+def choice(enum_type: type[enum.Enum]) -> Callable[[str], Any]:
+    """An argparse type for an enum's values, with argparse-like wording."""
+    values: tuple[str, ...] = tuple(member.value for member in enum_type)
+
+    def convert(text: str) -> Any:
+        if text not in values:
+            raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(values)})")
+        return enum_type(text)
+
+    return convert
+
+
+def header_criterion(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip() or " " in name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME:VALUE: {text!r}")
+    return name.strip(), value.strip()
+
+
+def phase_threshold(text: str) -> tuple[str, nagiosplugin.Range]:
+    from .check import PHASE_LABELS
+
+    label, sep, spec = text.partition("=")
+    if not sep or label not in PHASE_LABELS:
+        raise argparse.ArgumentTypeError(
+            f"expected LABEL=RANGE with LABEL one of {', '.join(PHASE_LABELS)}: {text!r}"
+        )
+    return label, nagios_range(spec)
+
+
+def policy_rule(text: str) -> Any:
+    from .policy import parse_policy_rule
+
+    try:
+        return parse_policy_rule(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}: {text!r}") from None
+
+
+def nameserver(text: str) -> tuple[str, int]:
+    from .dnscheck import parse_nameserver
+
+    try:
+        return parse_nameserver(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected IP[:PORT] or [IPv6]:PORT: {text!r}") from None
+
+
+# -- the SMTP and IMAP family, written once ---------------------------------------------------------
+@dataclass(frozen=True)
+class ServerFamily:
+    name: str  # "smtp": the option prefix
+    title: str  # "SMTP"
+    default_ports: Mapping[Security, int]
+    # the security a port implies when only the port is given
+    security_for_port: Callable[[int], Security]
+    host_default: str  # what --<name>-host defaults to, in words
+    security_default: str  # likewise for --<name>-security
+    user_help: str
+    password_env: str
+    password_default: str = ""
+
+    def ports_in_words(self) -> str:
+        return ", ".join(f"{port} for {security}" for security, port in self.default_ports.items())
+
+    def options(self) -> list[Option]:
+        n, t = self.name, self.title
+        return [
+            Option((f"--{n}-host",), f"{t} server (default: {self.host_default})", metavar="HOST"),
+            Option(
+                (f"--{n}-port",), f"{t} port (default: {self.ports_in_words()})", convert=port, metavar="PORT"
+            ),
+            Option(
+                (f"--{n}-security",),
+                f"tls (implicit), starttls or none (default: {self.security_default})",
+                convert=choice(Security),
+                metavar="{tls,starttls,none}",
+            ),
+            Option((f"--{n}-user",), self.user_help, metavar="USER"),
+            Option(
+                (f"--{n}-password-file",),
+                f"file whose first line is the {t} password (or set "
+                f"{self.password_env}{self.password_default})",
+                metavar="PATH",
+                env=self.password_env,
+            ),
+        ]
+
+
+SMTP_FAMILY = ServerFamily(
+    "smtp",
+    "SMTP",
+    {Security.TLS: 465, Security.STARTTLS: 587, Security.NONE: 25},
+    # the port's well-known protocol; any other port: submission is STARTTLS as a rule
+    lambda number: Security.TLS if number == 465 else Security.STARTTLS,
+    "--hostname",
+    "tls on port 465, else starttls. With starttls the probe stops if the server does not "
+    "offer it; AUTH is never sent in cleartext unless 'none' is chosen",
+    "SMTP AUTH user (no AUTH when absent)",
+    SMTP_PASSWORD_ENV,
+)
+IMAP_FAMILY = ServerFamily(
+    "imap",
+    "IMAP",
+    {Security.TLS: 993, Security.STARTTLS: 143, Security.NONE: 143},
+    # 143 is the STARTTLS port; implicit TLS is what clients use elsewhere
+    lambda number: Security.STARTTLS if number == 143 else Security.TLS,
+    "--hostname, else --smtp-host",
+    "starttls on port 143, else tls",
+    "IMAP user (default: --smtp-user)",
+    IMAP_PASSWORD_ENV,
+    "; default: the SMTP password when the user is the same",
+)
+SERVER_FAMILIES = (SMTP_FAMILY, IMAP_FAMILY)
+
+
+@dataclass(frozen=True)
+class Group:
+    title: str | None
+    options: tuple[Option, ...]
+
+
+def _groups() -> tuple[Group, ...]:
+    roundtrip_range = (
+        "Nagios range for the round trip in seconds (submit mode: the whole SMTP session; poll "
+        "mode: the age of the newest match, no default); default "
+    )
+    from .check import DEFAULT_PHASE_WARNING
+
+    phase_defaults = ", ".join(f"{label}={spec}" for label, spec in DEFAULT_PHASE_WARNING.items())
+    return (
+        Group(
+            None,
+            (
+                Option(
+                    ("--mode",),
+                    "roundtrip (default): submit, then wait for the message in IMAP; submit: the SMTP "
+                    "transaction only; poll: assert that mail somebody else sends arrived",
+                    convert=choice(Mode),
+                    metavar="{roundtrip,submit,poll}",
+                    default=Mode.ROUNDTRIP,
+                ),
+                Option(("-H", "--hostname"), "host name of both servers (SMTP and IMAP)", metavar="HOST"),
+                Option(
+                    ("--helo",),
+                    "name to send in EHLO (default: this machine's host name)",
+                    metavar="NAME",
+                    dest="helo_name",
+                ),
+            ),
+        ),
+        *(Group(f"{family.title} server", tuple(family.options())) for family in SERVER_FAMILIES),
+        Group(
+            "TLS",
+            (
+                Option(
+                    ("--ca-file",),
+                    "PEM file of CA certificates to trust in addition to the system store",
+                    metavar="PATH",
+                ),
+                Option(
+                    ("--insecure",),
+                    "do not verify certificates or host names (said so in the output)",
+                    kind=Kind.FLAG,
+                ),
+            ),
+        ),
+        Group(
+            "message",
+            (
+                Option(
+                    ("--from",),
+                    "sender address (default: --smtp-user if it is an address)",
+                    metavar="ADDRESS",
+                    dest="envelope_from",
+                ),
+                Option(("--to",), "recipient address (default: --from)", metavar="ADDRESS", dest="recipient"),
+                Option(
+                    ("--imap-folder",),
+                    "folder to look for the message in (default: INBOX)",
+                    metavar="FOLDER",
+                    default="INBOX",
+                ),
+            ),
+        ),
+        Group(
+            "thresholds and time",
+            (
+                Option(
+                    ("-w", "--warning"),
+                    roundtrip_range + DEFAULT_WARNING,
+                    convert=nagios_range,
+                    metavar="RANGE",
+                ),
+                Option(
+                    ("-c", "--critical"),
+                    roundtrip_range + DEFAULT_CRITICAL,
+                    convert=nagios_range,
+                    metavar="RANGE",
+                ),
+                Option(
+                    ("--phase-warning",),
+                    f"warning range for one phase, repeatable (defaults: {phase_defaults})",
+                    kind=Kind.LIST,
+                    convert=phase_threshold,
+                    metavar="LABEL=RANGE",
+                    default=[],
+                ),
+                Option(
+                    ("--phase-critical",),
+                    "critical range for one phase, repeatable (default: none)",
+                    kind=Kind.LIST,
+                    convert=phase_threshold,
+                    metavar="LABEL=RANGE",
+                    default=[],
+                ),
+                Option(
+                    ("--wait",),
+                    "seconds to wait for the message to arrive (default: end of the critical range "
+                    f"+ {WAIT_PAST_CRITICAL:g})",
+                    convert=seconds,
+                    metavar="SECONDS",
+                ),
+                Option(
+                    ("-t", "--timeout"),
+                    f"seconds for the whole run (default: --wait + {TIMEOUT_PAST_WAIT:g}); when "
+                    "reached the plugin exits UNKNOWN naming the stage",
+                    convert=seconds,
+                    metavar="SECONDS",
+                ),
+            ),
+        ),
+        Group(
+            "memory across runs (roundtrip mode)",
+            (
+                Option(
+                    ("--state-file",),
+                    "where to remember undelivered probes and slow streaks (default: "
+                    "$XDG_STATE_HOME or ~/.local/state, /check_email_roundtrip/<user>@<host>-<hash>.json)",
+                    metavar="PATH",
+                ),
+                Option(("--no-state",), "remember nothing across runs", kind=Kind.FLAG),
+                Option(
+                    ("--lost-after",),
+                    "an undelivered probe still missing after SECONDS counts as lost "
+                    f"(default {DEFAULT_LOST_AFTER:g})",
+                    convert=seconds,
+                    metavar="SECONDS",
+                    default=DEFAULT_LOST_AFTER,
+                ),
+                Option(
+                    ("--escalate-after",),
+                    "CRITICAL when the round trip was not OK in N consecutive runs, this "
+                    "one slow (default: never)",
+                    convert=whole_number,
+                    metavar="N",
+                ),
+            ),
+        ),
+        Group(
+            "Junk, bounces and clean-up (roundtrip mode)",
+            (
+                Option(
+                    ("--junk-folder",),
+                    "also look for the probe in FOLDER (default: the \\Junk special-use "
+                    "folder, if the server has one)",
+                    metavar="FOLDER",
+                ),
+                Option(("--no-junk",), "do not look in a Junk folder", kind=Kind.FLAG),
+                Option(
+                    ("--junk-state",),
+                    "state when the probe was delivered to Junk (default: warning)",
+                    convert=choice(Level),
+                    metavar="{ok,warning,critical}",
+                    default=Level.WARNING,
+                ),
+                Option(
+                    ("--bounce-folder",),
+                    "watch FOLDER of the sender's mailbox for a bounce of the probe: "
+                    "CRITICAL with its status at once",
+                    metavar="FOLDER",
+                ),
+                Option(
+                    ("--bounce-user",),
+                    "IMAP login of the sender's mailbox (default: --smtp-user)",
+                    metavar="USER",
+                ),
+                Option(
+                    ("--bounce-password-file",),
+                    f"its password (or set {BOUNCE_PASSWORD_ENV}; default: the SMTP password)",
+                    metavar="PATH",
+                    env=BOUNCE_PASSWORD_ENV,
+                ),
+                Option(
+                    ("--cleanup",),
+                    "delete this run's message once it was read (default: keep it)",
+                    kind=Kind.FLAG,
+                ),
+                Option(
+                    ("--purge-older-than",),
+                    "delete probe messages (marker in the Subject) older than DAYS from "
+                    "the folders the probe uses",
+                    convert=days,
+                    metavar="DAYS",
+                ),
+            ),
+        ),
+        Group(
+            "poll mode: mail somebody else sends",
+            (
+                Option(("--subject",), "match messages whose Subject contains TEXT", metavar="TEXT"),
+                Option(("--sender",), "match messages whose From contains TEXT", metavar="TEXT"),
+                Option(
+                    ("--header",),
+                    "match messages with header NAME containing VALUE, repeatable",
+                    kind=Kind.LIST,
+                    convert=header_criterion,
+                    metavar="NAME:VALUE",
+                ),
+                Option(
+                    ("--window",),
+                    f"look at messages received in the last SECONDS (default {DEFAULT_WINDOW:g}: a "
+                    "daily report and an hour)",
+                    convert=seconds,
+                    metavar="SECONDS",
+                ),
+            ),
+        ),
+        Group(
+            "receiver's verdicts and DNS checks (roundtrip mode)",
+            (
+                Option(
+                    ("--authserv-id",),
+                    "trust only Authentication-Results headers with this authserv-id "
+                    "(default: the topmost header)",
+                    metavar="ID",
+                ),
+                Option(
+                    ("--auth-policy",),
+                    "state for a non-pass verdict, repeatable; METHOD spf, dkim, dmarc, arc "
+                    "or header; STATE ok, warning, critical or ignore (defaults: dmarc:fail=critical, "
+                    "any other non-pass of spf, dkim, dmarc and a missing header: warning; "
+                    "arc:fail=warning, other arc: ignore)",
+                    kind=Kind.LIST,
+                    convert=policy_rule,
+                    metavar="METHOD[:RESULT]=STATE",
+                    default=[],
+                ),
+                Option(
+                    ("--dns-checks",),
+                    "check the DKIM key, SPF record and DMARC record behind the verdicts in DNS",
+                    kind=Kind.FLAG,
+                ),
+                Option(
+                    ("--nameserver",),
+                    "resolver for --dns-checks (default: the system's)",
+                    convert=nameserver,
+                    metavar="IP[:PORT]",
+                ),
+                Option(
+                    ("--dns-finding-state",),
+                    "state of each DNS finding (default: warning)",
+                    convert=choice(Level),
+                    metavar="{ok,warning,critical}",
+                    default=Level.WARNING,
+                ),
+            ),
+        ),
+        Group(
+            "output",
+            (
+                Option(
+                    ("-v", "--verbose"),
+                    "-v details and timings, -vv configuration, -vvv protocol trace (passwords hidden)",
+                    kind=Kind.COUNT,
+                    default=0,
+                ),
+            ),
+        ),
+    )
+
+
+OPTION_GROUPS: tuple[Group, ...] = _groups()
+
+
+def all_options() -> list[Option]:
+    return [option for group in OPTION_GROUPS for option in group.options]
+
+
+class UsageError(Exception):
+    """Bad options: exit 3 with one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse would exit 2: CRITICAL to Nagios
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="check_email_roundtrip",
+        description="Prove that email is submitted and delivered: submit a marked message over SMTP and "
+        "find it again over IMAP, timing every phase (Nagios/Icinga plugin).",
+        epilog=f"Passwords: from --smtp-password-file/--imap-password-file or the environment variables "
+        f"{SMTP_PASSWORD_ENV} / {IMAP_PASSWORD_ENV}; never on the command line, where ps would show them.  "
+        "Exit codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.",
+    )
+    for group in OPTION_GROUPS:
+        target = parser.add_argument_group(group.title) if group.title else parser
+        for option in group.options:
+            _add(target, option)
+    parser.add_argument("-V", "--version", action="version", version=f"check_email_roundtrip {__version__}")
+    return parser
+
+
+def _add(target: Any, option: Option) -> None:
+    settings: dict[str, Any] = {"help": option.help, "dest": option.name}
+    if option.kind is Kind.FLAG:
+        settings["action"] = "store_true"
+    elif option.kind is Kind.COUNT:
+        settings.update(action="count", default=option.default)
+    else:
+        settings.update(type=option.convert, metavar=option.metavar, default=option.default)
+        if option.kind is Kind.LIST:
+            settings["action"] = "append"
+    target.add_argument(*option.flags, **settings)

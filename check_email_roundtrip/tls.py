@@ -1,0 +1,116 @@
+"""The one place where a TLS handshake happens, for SMTP and IMAP alike.
+
+Implicit TLS (465, 993) hands a connected socket to :meth:`TlsClient.handshake`;
+STARTTLS goes through the stdlib clients' public ``starttls()``, which call
+``wrap_socket`` on whatever context they are given: they get
+:meth:`TlsClient.for_starttls`, whose ``wrap_socket`` is the same handshake.
+So every handshake is verified the same way, fails with the same words, and
+leaves what it taught (protocol version, cipher, the peer's certificate) in
+one list, :attr:`TlsClient.handshakes`, whichever protocol did it.
+
+The context is built on first use: loading the system's CA store costs ~30 ms,
+which a run that fails before any TLS need not pay.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any, cast
+
+from .errors import Phase
+from .net import connection_error
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """What the user asked for: whom to trust, or not to verify at all."""
+
+    ca_file: str | None = None
+    insecure: bool = False
+
+
+@dataclass(frozen=True)
+class Handshake:
+    """What one completed handshake taught about a server."""
+
+    protocol: str  # "SMTP" or "IMAP"
+    host: str
+    port: int
+    version: str  # "TLSv1.3"
+    cipher: str
+    seconds: float
+    verified: bool
+    certificate: bytes | None  # the peer's leaf certificate, DER
+
+
+def load_ca_file(path: str) -> None:
+    """Raise ssl.SSLError / OSError if ``path`` holds no usable CA certificate
+    (cheap: no system store is loaded for this check)."""
+    ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
+
+
+class TlsClient:
+    """One per run: the context, the handshakes, what they taught."""
+
+    def __init__(self, config: TlsConfig):
+        self.config = config
+        self._context: ssl.SSLContext | None = None
+        self.handshakes: list[Handshake] = []
+
+    def context(self) -> ssl.SSLContext:
+        if self._context is None:
+            context = ssl.create_default_context()
+            if self.config.ca_file:
+                context.load_verify_locations(cafile=self.config.ca_file)
+            if self.config.insecure:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            self._context = context
+        return self._context
+
+    def handshake(
+        self, sock: socket.socket, protocol: str, host: str, port: int, phase: Phase
+    ) -> ssl.SSLSocket:
+        """TLS on a connected socket, verified against ``host``; a failure is a
+        ProbeError naming ``phase`` and the cause (the socket is then closed)."""
+        started = time.monotonic()
+        try:
+            tls = self.context().wrap_socket(sock, server_hostname=host)
+        except (OSError, ssl.SSLError) as exc:
+            timeout = sock.gettimeout() or 0.0
+            sock.close()
+            raise connection_error(phase, host, port, exc, timeout) from None
+        cipher = tls.cipher()
+        self.handshakes.append(
+            Handshake(
+                protocol=protocol,
+                host=host,
+                port=port,
+                version=tls.version() or "",
+                cipher=cipher[0] if cipher else "",
+                seconds=time.monotonic() - started,
+                verified=not self.config.insecure,
+                certificate=tls.getpeercert(binary_form=True),
+            )
+        )
+        return tls
+
+    def for_starttls(self, protocol: str, host: str, port: int, phase: Phase) -> ssl.SSLContext:
+        """A stand-in for an SSLContext, for smtplib's and imaplib's starttls():
+        they call nothing on it but wrap_socket."""
+        return cast(ssl.SSLContext, _StarttlsContext(self, protocol, host, port, phase))
+
+
+class _StarttlsContext:
+    """Has the one method smtplib/imaplib ``starttls`` call on a context."""
+
+    def __init__(self, client: TlsClient, protocol: str, host: str, port: int, phase: Phase):
+        self.client, self.protocol, self.host, self.port, self.phase = client, protocol, host, port, phase
+
+    def wrap_socket(self, sock: socket.socket, **_ignored: Any) -> ssl.SSLSocket:
+        # server_hostname is ignored on purpose: the name verified is the one
+        # the user gave, whatever the stdlib client remembers.
+        return self.client.handshake(sock, self.protocol, self.host, self.port, self.phase)
