@@ -136,17 +136,32 @@ TLS_HOSTNAME = "localhost"
 DOMAIN = "example.test"
 MX_HOSTNAME = "mx." + DOMAIN
 
-SUBMISSION_PORT = 10587     # Postfix, STARTTLS required, AUTH
-SUBMISSIONS_PORT = 10465    # Postfix, implicit TLS, AUTH
-MX_PORT = 10025             # Postfix inbound, no auth, example.test only
-IMAP_PORT = 10143           # Dovecot IMAP (STARTTLS offered)
-IMAPS_PORT = 10993          # Dovecot IMAPS
+def _port_base():
+    """MAILSTACK_PORT_BASE (default 10000): every port is base + a fixed offset
+    (10587, 10465, ... by default; 20587, 20465, ... with 20000), so a second
+    stack can run beside the first."""
+    text = os.environ.get("MAILSTACK_PORT_BASE", "10000")
+    try:
+        base = int(text)
+    except ValueError:
+        raise SystemExit("MAILSTACK_PORT_BASE must be a number, not %r" % text)
+    if not 1024 <= base <= 64500:
+        raise SystemExit("MAILSTACK_PORT_BASE out of range 1024..64500: %d" % base)
+    return base
+
+
+PORT_BASE = _port_base()
+SUBMISSION_PORT = PORT_BASE + 587     # Postfix, STARTTLS required, AUTH
+SUBMISSIONS_PORT = PORT_BASE + 465    # Postfix, implicit TLS, AUTH
+MX_PORT = PORT_BASE + 25              # Postfix inbound, no auth, example.test only
+IMAP_PORT = PORT_BASE + 143           # Dovecot IMAP (STARTTLS offered)
+IMAPS_PORT = PORT_BASE + 993          # Dovecot IMAPS
 # Same services, but the TLS certificate presented is EXPIRED (signed by the
 # stack CA, for DNS:localhost, notAfter in the past): Postfix smtpd with its
 # own smtpd_tls_chain_files, and auxd's TLS front to Dovecot IMAP.
-SUBMISSIONS_EXPIRED_PORT = 10466   # Postfix, implicit TLS, AUTH, expired cert
-IMAPS_EXPIRED_PORT = 10994         # IMAPS (auxd TLS -> Dovecot 10143), expired cert
-GREYLIST_POLICY_PORT = 10028       # auxd: Postfix policy service (greylisting)
+SUBMISSIONS_EXPIRED_PORT = PORT_BASE + 466   # Postfix, implicit TLS, AUTH, expired cert
+IMAPS_EXPIRED_PORT = PORT_BASE + 994         # IMAPS (auxd TLS -> Dovecot IMAP), expired cert
+GREYLIST_POLICY_PORT = PORT_BASE + 28        # auxd: Postfix policy service (greylisting)
 
 USERS = ("probe", "other", "full", "noauth")  # local parts @DOMAIN
 QUOTA_LIMIT = "1G"
@@ -203,7 +218,7 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 
 # DNS (dnsmasq), authoritative for DOMAIN only: everything else is NXDOMAIN
-DNS_PORT = 10053            # UDP and TCP
+DNS_PORT = PORT_BASE + 53     # UDP and TCP
 MAIL_HOSTS = (MX_HOSTNAME, "mail." + DOMAIN)   # A records -> HOST
 SPF_NAME = DOMAIN
 DMARC_NAME = "_dmarc." + DOMAIN
@@ -221,8 +236,8 @@ FORGED_AUTH_RESULTS = ("Authentication-Results: %s; spf=pass smtp.mailfrom=%s; "
 
 # rspamd: one milter worker signs (authenticated submissions) and verifies
 # (the inbound MX pass).  Not 11332/11334 so a system rspamd cannot collide.
-RSPAMD_MILTER_PORT = 10332
-RSPAMD_CONTROLLER_PORT = 10334
+RSPAMD_MILTER_PORT = PORT_BASE + 332
+RSPAMD_CONTROLLER_PORT = PORT_BASE + 334
 RSPAMD_USER = "_rspamd"
 # The first start compiles the hyperscan regex cache (~10 s, high RSS).
 RSPAMD_START_TIMEOUT = 120.0

@@ -68,7 +68,8 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mailstack import _descendants, _proc_alive, _proc_cmdline, _proc_stat, _read_pidfile, _tail  # noqa: E402
+from mailstack import (IMAPS_PORT, SUBMISSIONS_PORT, _descendants, _proc_alive,  # noqa: E402
+                       _proc_cmdline, _proc_stat, _read_pidfile, _tail)
 
 
 class MonitoringError(RuntimeError):
@@ -355,7 +356,7 @@ class Icinga2Instance:
 
     One Host (check_command "dummy": no ping), one Service with the
     CheckCommand "email_roundtrip" from command_conf and vars for the
-    loopback mail stack (implicit TLS 10465/10993, --ca-file, probe user,
+    loopback mail stack (implicit TLS SUBMISSIONS_PORT/IMAPS_PORT, --ca-file, probe user,
     password file), the REST API on 127.0.0.1:<free port> with an ApiUser
     and a random password.  Its directory is under WORK_ROOT; it logs to
     files there (icinga2.log, stdout.log, error.log), its pid file is
@@ -419,9 +420,9 @@ class Icinga2Instance:
         return {
             "email_roundtrip_hostname": "localhost",
             "email_roundtrip_ca_file": stack.ca,
-            "email_roundtrip_smtp_port": 10465,
+            "email_roundtrip_smtp_port": SUBMISSIONS_PORT,
             "email_roundtrip_smtp_security": "tls",
-            "email_roundtrip_imap_port": 10993,
+            "email_roundtrip_imap_port": IMAPS_PORT,
             "email_roundtrip_imap_security": "tls",
             "email_roundtrip_smtp_user": stack.address("probe"),
             "email_roundtrip_smtp_password_file": stack.password_file("probe"),
