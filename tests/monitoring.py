@@ -68,8 +68,13 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mailstack import (IMAPS_PORT, SUBMISSIONS_PORT, _descendants, _proc_alive,  # noqa: E402
-                       _proc_cmdline, _proc_stat, _read_pidfile, _tail)
+from mailstack import IMAPS_PORT, SUBMISSIONS_PORT  # noqa: E402
+from mailstack.procs import descendants as _descendants  # noqa: E402
+from mailstack.procs import proc_alive as _proc_alive  # noqa: E402
+from mailstack.procs import proc_cmdline as _proc_cmdline  # noqa: E402
+from mailstack.procs import proc_stat as _proc_stat  # noqa: E402
+from mailstack.procs import read_pidfile as _read_pidfile  # noqa: E402
+from mailstack.procs import tail as _tail  # noqa: E402
 
 
 class MonitoringError(RuntimeError):
