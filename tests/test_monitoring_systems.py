@@ -1,6 +1,6 @@
 """check_email_roundtrip inside real monitoring systems: Icinga 2 and Nagios 4.
 
-The harness (tests/monitoring.py) installs the Debian packages when they are
+The harness (tests/monitoring/) installs the Debian packages when they are
 missing (icinga2-bin, icinga2-common, nagios4-core; no daemon is started by
 the install) and runs everything on private configurations: /etc/icinga2 and
 /etc/nagios4 are neither read nor changed.

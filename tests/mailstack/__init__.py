@@ -3,8 +3,9 @@
     python3 tests/mailstack up|down|status|env [--dir DIR]
 
 Must run as root (Debian 12, no systemd needed); the daemons come from Debian
-packages, installed when missing.  Python: the standard library and
-dnspython (a dependency of the plugin).
+packages, installed when missing.  Python: the standard library, dnspython
+(a dependency of the plugin) and the plugin's own imapsyntax module (IMAP
+mailbox names), so install the plugin first, as the tests need anyway.
 
 Where it lives (see config.py):
     MAILSTACK_DIR        the stack directory; default /var/tmp/check_email_roundtrip-stack

@@ -50,11 +50,13 @@ def listen(host, port):
 
 
 def serve(sock, handler):
-    """Accept forever; each connection in a thread of its own."""
+    """Accept until the socket is closed; each connection in a thread of its own."""
     while True:
         try:
             conn, peer = sock.accept()
         except OSError:
+            if sock.fileno() < 0:
+                return
             continue
         threading.Thread(target=handler, args=(conn, peer), daemon=True).start()
 
