@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How soon does an IMAP client learn of new mail: IDLE against polling.
 
-Against the loopback test stack (it must be up: python3 tests/mailstack.py up),
+Against the loopback test stack (it must be up: python3 tests/mailstack up),
 for several messages: submit one over SMTP, and measure from Dovecot's own
 "stored mail" log time (microseconds) until
   - an IDLE session receives "* n EXISTS", and
@@ -78,8 +78,8 @@ def main():
         with smtplib.SMTP("localhost", info["ports"]["submission"], timeout=10) as smtp:
             smtp.starttls(context=context)
             smtp.login(user["login"], password)
-            smtp.sendmail(user["address"], [user["address"]],
-                          f"Subject: {marker}\r\nMessage-ID: <{marker}@example.test>\r\n\r\n{marker}\r\n".encode())
+            message = f"Subject: {marker}\r\nMessage-ID: <{marker}@example.test>\r\n\r\n{marker}\r\n"
+            smtp.sendmail(user["address"], [user["address"]], message.encode())
         found = None
         while found is None:
             _, data = poller.uid("SEARCH", "UID", f"{uid_next}:*", "TEXT", marker)
@@ -101,8 +101,8 @@ def main():
         time.sleep(0.3)
     print("| way of waiting | median lag after Dovecot stored the message [ms] | max [ms] | runs |")
     print("|---|---|---|---|")
-    print(f"| IMAP IDLE (EXISTS pushed) | {statistics.median(idle_lags):.1f} | {max(idle_lags):.1f} | {len(idle_lags)} |")
-    print(f"| UID SEARCH every 10 ms | {statistics.median(poll_lags):.1f} | {max(poll_lags):.1f} | {len(poll_lags)} |")
+    for way, lags in (("IMAP IDLE (EXISTS pushed)", idle_lags), ("UID SEARCH every 10 ms", poll_lags)):
+        print(f"| {way} | {statistics.median(lags):.1f} | {max(lags):.1f} | {len(lags)} |")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Shared fixtures: the real mail stack, and running the installed plugin.
 
 Integration tests run the *installed* ``check_email_roundtrip`` command as a
-subprocess, as Nagios would, against the loopback stack of ``mailstack.py``.
+subprocess, as Nagios would, against the loopback stack of the ``mailstack``
+package (tests/mailstack/, placed by $MAILSTACK_DIR and $MAILSTACK_PORT_BASE).
 The stack is brought up once per session (installing Debian packages when
 missing); if this session started it, it is stopped again at the end.
 """
@@ -16,7 +17,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Optional
 
 import pytest
 
@@ -36,14 +37,14 @@ atexit.register(shutil.rmtree, _STATE_ROOT, True)
 
 @dataclass
 class PluginRun:
-    args: List[str]
+    args: list[str]
     returncode: int
     stdout: str
     stderr: str
     seconds: float
 
     @property
-    def lines(self) -> List[str]:
+    def lines(self) -> list[str]:
         return self.stdout.splitlines()
 
     @property
@@ -56,7 +57,7 @@ class PluginRun:
         return match.group(1) if match else "(no status line)"
 
     @property
-    def perfdata(self) -> Dict[str, float]:
+    def perfdata(self) -> dict[str, float]:
         """Perfdata as label -> value, checked for the conventions on the way."""
         assert self.stdout.count("|") <= 1, self.stdout
         if "|" not in self.stdout:
@@ -69,10 +70,11 @@ class PluginRun:
         return values
 
     def describe(self) -> str:
-        return f"exit {self.returncode} after {self.seconds:.2f} s\n--- stdout\n{self.stdout}--- stderr\n{self.stderr}"
+        return (f"exit {self.returncode} after {self.seconds:.2f} s\n"
+                f"--- stdout\n{self.stdout}--- stderr\n{self.stderr}")
 
 
-def run_plugin(*args: str, env: Optional[Dict[str, str]] = None, timeout: float = 120) -> PluginRun:
+def run_plugin(*args: str, env: Optional[dict[str, str]] = None, timeout: float = 120) -> PluginRun:
     executable = shutil.which(PLUGIN)
     assert executable, f"{PLUGIN} is not installed (pip install .)"
     full_env = {key: value for key, value in os.environ.items() if key not in PASSWORD_ENV}

@@ -1,6 +1,6 @@
 """check_email_roundtrip inside real monitoring systems: Icinga 2 and Nagios 4.
 
-The harness (tests/monitoring.py) installs the Debian packages when they are
+The harness (tests/monitoring/) installs the Debian packages when they are
 missing (icinga2-bin, icinga2-common, nagios4-core; no daemon is started by
 the install) and runs everything on private configurations: /etc/icinga2 and
 /etc/nagios4 are neither read nor changed.
@@ -9,11 +9,18 @@ the install) and runs everything on private configurations: /etc/icinga2 and
 import os
 import re
 
-import pytest
-
 import monitoring
-from monitoring import (COMMAND_CONF, SERVICES_CONF, Icinga2Instance, critical_lines,
-                        icinga2_validate, nagios4_verify, readme_nagios_blocks)
+import pytest
+from mailstack import IMAPS_PORT, SUBMISSIONS_PORT
+from monitoring import (
+    COMMAND_CONF,
+    SERVICES_CONF,
+    Icinga2Instance,
+    critical_lines,
+    icinga2_validate,
+    nagios4_verify,
+    readme_nagios_blocks,
+)
 
 OK_PREFIX = "EMAIL_ROUNDTRIP OK - round trip "
 SUBMIT_OK_PREFIX = "EMAIL_ROUNDTRIP OK - submitted in "
@@ -25,12 +32,12 @@ def monitoring_packages():
     """Install Icinga 2 and Nagios 4 once, before the first test needs them."""
     installed, seconds = monitoring.ensure_packages()
     if installed:
-        print("installed %s in %.1f s" % (" ".join(installed), seconds))
+        print(f"installed {' '.join(installed)} in {seconds:.1f} s")
     return installed
 
 
 def _template_files():
-    assert os.path.isfile(COMMAND_CONF), "%s is missing" % COMMAND_CONF
+    assert os.path.isfile(COMMAND_CONF), f"{COMMAND_CONF} is missing"
     files = [COMMAND_CONF]
     # services.conf holds example apply rules; validated whenever it exists
     if os.path.isfile(SERVICES_CONF):
@@ -49,7 +56,7 @@ def _example_host():
 
 
 def _describe(result, instance):
-    return "Icinga 2 recorded: %r\n%s" % (result, instance.logs(30))
+    return f"Icinga 2 recorded: {result!r}\n{instance.logs(30)}"
 
 
 # -- Icinga 2: configuration --------------------------------------------------
@@ -108,20 +115,19 @@ def test_icinga2_validation_catches_a_broken_configuration():
 @pytest.fixture(scope="module")
 def icinga(stack):
     env_service = (
-        'object Service "%s" {\n'
-        '  host_name = "%s"\n'
+        f'object Service "{ENV_SERVICE}" {{\n'
+        f'  host_name = "{Icinga2Instance.HOST}"\n'
         '  check_command = "email_roundtrip"\n'
         '  check_interval = 30s\n'
         '  enable_notifications = false\n'
         '  vars.email_roundtrip_hostname = "localhost"\n'
         '  vars.email_roundtrip_mode = "submit"\n'
-        '  vars.email_roundtrip_ca_file = "%s"\n'
-        '  vars.email_roundtrip_smtp_port = 10465\n'
+        f'  vars.email_roundtrip_ca_file = "{stack.ca}"\n'
+        f'  vars.email_roundtrip_smtp_port = {SUBMISSIONS_PORT}\n'
         '  vars.email_roundtrip_smtp_security = "tls"\n'
-        '  vars.email_roundtrip_smtp_user = "%s"\n'
-        '  vars.email_roundtrip_smtp_password = "%s"\n'
-        '}\n' % (ENV_SERVICE, Icinga2Instance.HOST, stack.ca, stack.address("probe"),
-                 stack.password("probe")))
+        f'  vars.email_roundtrip_smtp_user = "{stack.address("probe")}"\n'
+        f'  vars.email_roundtrip_smtp_password = "{stack.password("probe")}"\n'
+        '}\n')
     instance = Icinga2Instance(stack, command_conf=_template_files()[0], extra_config=env_service,
                                check_interval=30)
     instance.start()
@@ -129,7 +135,7 @@ def icinga(stack):
         yield instance
     finally:
         left = instance.stop()
-        assert left == [], "icinga2 processes still alive after stop: %s" % left
+        assert left == [], f"icinga2 processes still alive after stop: {left}"
 
 
 def test_icinga2_runs_the_round_trip_and_records_ok(icinga):
@@ -143,7 +149,7 @@ def test_icinga2_runs_the_round_trip_and_records_ok(icinga):
     # the command Icinga built from the CheckCommand and the service vars
     command = result["command"]
     assert command[0] == os.path.join(monitoring.plugin_dir(), "check_email_roundtrip"), why
-    for option, value in (("--smtp-port", "10465"), ("--imap-port", "10993"),
+    for option, value in (("--smtp-port", str(SUBMISSIONS_PORT)), ("--imap-port", str(IMAPS_PORT)),
                           ("--smtp-security", "tls"), ("--imap-security", "tls"),
                           ("--smtp-user", "probe@example.test")):
         assert command[command.index(option) + 1] == value, why

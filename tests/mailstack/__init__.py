@@ -1,0 +1,201 @@
+"""A private, loopback-only mail stack for testing check_email_roundtrip.
+
+    python3 tests/mailstack up|down|status|env [--dir DIR]
+
+Must run as root (Debian 12, no systemd needed); the daemons come from Debian
+packages, installed when missing.  Python: the standard library, dnspython
+(a dependency of the plugin) and the plugin's own imapsyntax module (IMAP
+mailbox names), so install the plugin first, as the tests need anyway.
+
+Where it lives (see config.py):
+    MAILSTACK_DIR        the stack directory; default /var/tmp/check_email_roundtrip-stack
+                         (--dir overrides it)
+    MAILSTACK_PORT_BASE  every port below is this base + the same offset;
+                         default 10000 (10587, 10465, ...); 20000 gives 20587, ...
+Two stacks can run side by side with different values of both.  Tests take
+every port from this package's constants (SUBMISSION_PORT, IMAPS_PORT, ...).
+
+Mail path (ports with the default base):
+
+    client -> Postfix submission 127.0.0.1:10587 (STARTTLS required, AUTH)
+           or Postfix submissions 127.0.0.1:10465 (implicit TLS, AUTH)
+              SASL via the Dovecot auth socket
+              rspamd milter (127.0.0.1:10332) DKIM-signs example.test (s2026)
+           -> content_filter smtp:[127.0.0.1]:10025
+           -> Postfix inbound "MX" 127.0.0.1:10025 (no auth, example.test only)
+              rspamd milter verifies SPF, DKIM, DMARC and adds ONE
+              Authentication-Results (authserv-id mx.example.test) on top;
+              foreign A-R headers are kept; nothing is rejected/quarantined
+           -> LMTP (unix socket) -> Dovecot (sieve, quota) -> Maildir
+              a global sieve_before script files "+junk" mail into Junk
+    client <- Dovecot IMAP 127.0.0.1:10143 (STARTTLS) and IMAPS 127.0.0.1:10993
+    EXPIRED-certificate twins (same service, cert from the stack CA for
+    localhost, notAfter in the past: DIR/tls/expired.pem):
+              Postfix submissions 127.0.0.1:10466 (implicit TLS, AUTH, same
+              restrictions as 10465)
+              IMAPS 127.0.0.1:10994 = auxd's TLS front -> Dovecot IMAP 10143
+              (Dovecot 2.3 cannot give one listener its own certificate)
+    rspamd -> dnsmasq 127.0.0.1:10053 (UDP+TCP): example.test only, rest NXDOMAIN
+              example.test TXT                "v=spf1 ip4:127.0.0.1 -all"
+              s2026._domainkey.example.test   the key in DIR/dkim (made at first up)
+              _dmarc.example.test TXT         "v=DMARC1; p=quarantine; rua=..."
+              mx./mail.example.test A 127.0.0.1, example.test MX mx.example.test
+
+The TLS server certificate is issued by a private CA (DIR/tls/ca.pem) for
+DNS:localhost only: connect to "localhost" to verify OK; connecting by
+127.0.0.1 is the "certificate does not match host name" case.
+
+Fault knobs (faults.py has the exact replies; stack.json "faults" too).
+On the submission ports, by recipient local part (case-insensitive; the tag
+may be followed by "-", "." or "_" and anything, e.g. probe+hold-123):
+    +hold      accepted (250) but kept in the hold queue -> release_held()
+    +tempfail  451 4.7.0 Rate limit exceeded, try again later   (at RCPT)
+    +reject    550 5.7.1 Recipient rejected by policy          (at RCPT)
+    +forge     delivered, with a forged all-pass Authentication-Results
+               (authserv-id mx.example.test) prepended at submission: it
+               ends up right below the receiver's real one
+    +junk      delivered into the Junk folder (\\Junk special-use) instead of
+               INBOX, by a global Dovecot sieve_before script
+    full@example.test   over quota at RCPT TO:
+               552 5.2.2 <full@example.test>: Recipient address rejected: Mailbox is full
+               (Dovecot quota-status as a Postfix policy service; up() keeps a
+               filler message in its Maildir; other users unaffected)
+    +reject553 (sender) refused at MAIL FROM:
+               553 5.7.1 <probe+reject553@example.test>: Sender address
+               rejected: not owned by user
+At the inbound MX:
+    unknown users: the submission ports accept any local part @example.test;
+               the MX answers 550 5.1.1 <nobody@example.test>: Recipient
+               address rejected: User unknown in virtual mailbox table, and
+               Postfix sends a DSN to the envelope sender at once
+    +greylist  450 4.7.1 <probe+greylist@example.test>: Recipient address
+               rejected: Greylisted, try again later (auxd's policy service)
+               until the message (client, sender, recipient, size) was first
+               seen N s ago; the relay retries about every 1 s, so it reaches
+               INBOX N+0.2..N+2 s after submission.  set_greylist_seconds(n)
+               (default 3; 0 = off; DEFAULT/None = back to 3) applies to the
+               next message; greylist_seconds() reads it
+Users:
+    noauth@example.test  SMTP AUTH refused although the password is right:
+               535 5.7.8 Error: authentication failed: (reason unavailable)
+               (a Dovecot deny passdb for service smtp only); IMAP LOGIN works
+    set_password()/reset_passwords()
+Expired certificates: 10466 and 10994 (see above): Python's ssl with
+    DIR/tls/ca.pem says "certificate verify failed: certificate has expired".
+
+IMAP helpers (IMAPS, CA-verified as "localhost"), for test setup/isolation:
+    append_message(user, folder, raw, internaldate) -> UID (APPENDUID)
+    folder_uids(user, folder, search="ALL")         -> [UID, ...]
+    delete_all(user, folder)                        -> number expunged
+    imap(user)                                      logged-in imaplib client
+
+DNS knobs (each applies to the next message; dnsmasq is restarted and the
+answer checked before they return):
+    set_dns(spf=..., dkim=..., dmarc=...)   str / list / None / KEEP / DEFAULT
+    set_txt(name, value)                     any name (include chains, other selectors)
+    reset_dns(), dns_records(), dns_query(name, qtype)
+    dkim_public_txt(), dkim_other_public_txt() (a valid wrong key), DKIM_REVOKED
+
+The package: stack.py (MailStack), one module per daemon (postfix.py,
+dovecot.py, rspamd.py, dnsmasq.py, auxd.py: the stack's own stdlib daemon,
+with auxd_service.py running it), their configuration templates in
+templates/, and the parts they share (config.py, faults.py, service.py,
+endpoints.py, procs.py, system.py, packages.py, tls.py, dkim.py,
+accounts.py, dnsclient.py, imapclient.py).  Adding a daemon = one more
+Service subclass in MailStack.services (order = start order: dnsmasq,
+rspamd, dovecot, auxd, postfix) with packages/write_config/start/reload/
+endpoints/info.
+"""
+
+from .accounts import address
+from .auxd_service import Auxd
+from .config import (
+    AUTHSERV_ID,
+    DEFAULT_DIR,
+    DEFAULT_DMARC,
+    DEFAULT_PORT_BASE,
+    DEFAULT_SPF,
+    DKIM_BITS,
+    DKIM_NAME,
+    DKIM_REVOKED,
+    DKIM_SELECTOR,
+    DMARC_NAME,
+    DNS_PORT,
+    DOMAIN,
+    GREYLIST_POLICY_PORT,
+    HOST,
+    IMAP_PORT,
+    IMAPS_EXPIRED_PORT,
+    IMAPS_PORT,
+    MAIL_HOSTS,
+    MX_HOSTNAME,
+    MX_PORT,
+    PORT_BASE,
+    QUOTA_LIMIT,
+    RSPAMD_CONTROLLER_PORT,
+    RSPAMD_MILTER_PORT,
+    RSPAMD_START_TIMEOUT,
+    RSPAMD_USER,
+    SPF_NAME,
+    START_TIMEOUT,
+    STOP_TIMEOUT,
+    SUBMISSION_PORT,
+    SUBMISSIONS_EXPIRED_PORT,
+    SUBMISSIONS_PORT,
+    TLS_HOSTNAME,
+    USERS,
+    VMAIL_USER,
+)
+from .dnsclient import dns_query
+from .dnsmasq import Dnsmasq
+from .dovecot import Dovecot
+from .faults import (
+    FORGED_AUTH_RESULTS,
+    GREYLIST_ACTION,
+    GREYLIST_DEFAULT_SECONDS,
+    GREYLIST_DETAIL,
+    GREYLIST_REPLY,
+    GREYLIST_STALE_SECONDS,
+    HOLD_TEMPFAIL_REPLY,
+    JUNK_DETAIL,
+    JUNK_FOLDER,
+    NOAUTH_REPLY,
+    NOAUTH_SERVICES,
+    NOAUTH_USER,
+    QUOTA_FULL_FILLER_BYTES,
+    QUOTA_FULL_LIMIT,
+    QUOTA_FULL_REPLY,
+    QUOTA_FULL_USER,
+    QUOTA_STATUS_OVERQUOTA,
+    REJECT_REPLY,
+    SENDER_REJECT_ACTION,
+    SENDER_REJECT_DETAIL,
+    SENDER_REJECT_REPLY,
+    UNKNOWN_USER,
+    UNKNOWN_USER_REPLY,
+    USER_EXTRA_FIELDS,
+    reply_for,
+)
+from .packages import POLICY_RC_D
+from .postfix import POSTFIX_PRESEED, Postfix
+from .rspamd import RSPAMD_DISABLED_MODULES, Rspamd
+from .service import Service
+from .stack import DEFAULT, KEEP, MailStack
+from .system import StackError
+
+__all__ = [
+    "AUTHSERV_ID", "DEFAULT", "DEFAULT_DIR", "DEFAULT_DMARC", "DEFAULT_PORT_BASE", "DEFAULT_SPF",
+    "DKIM_BITS", "DKIM_NAME", "DKIM_REVOKED", "DKIM_SELECTOR", "DMARC_NAME", "DNS_PORT", "DOMAIN",
+    "FORGED_AUTH_RESULTS", "GREYLIST_ACTION", "GREYLIST_DEFAULT_SECONDS", "GREYLIST_DETAIL",
+    "GREYLIST_POLICY_PORT", "GREYLIST_REPLY", "GREYLIST_STALE_SECONDS", "HOLD_TEMPFAIL_REPLY", "HOST",
+    "IMAPS_EXPIRED_PORT", "IMAPS_PORT", "IMAP_PORT", "JUNK_DETAIL", "JUNK_FOLDER", "KEEP", "MAIL_HOSTS",
+    "MX_HOSTNAME", "MX_PORT", "NOAUTH_REPLY", "NOAUTH_SERVICES", "NOAUTH_USER", "POLICY_RC_D",
+    "PORT_BASE", "POSTFIX_PRESEED", "QUOTA_FULL_FILLER_BYTES", "QUOTA_FULL_LIMIT", "QUOTA_FULL_REPLY",
+    "QUOTA_FULL_USER", "QUOTA_LIMIT", "QUOTA_STATUS_OVERQUOTA", "REJECT_REPLY",
+    "RSPAMD_CONTROLLER_PORT", "RSPAMD_DISABLED_MODULES", "RSPAMD_MILTER_PORT", "RSPAMD_START_TIMEOUT",
+    "RSPAMD_USER", "SENDER_REJECT_ACTION", "SENDER_REJECT_DETAIL", "SENDER_REJECT_REPLY", "SPF_NAME",
+    "START_TIMEOUT", "STOP_TIMEOUT", "SUBMISSIONS_EXPIRED_PORT", "SUBMISSIONS_PORT", "SUBMISSION_PORT",
+    "TLS_HOSTNAME", "UNKNOWN_USER", "UNKNOWN_USER_REPLY", "USERS", "USER_EXTRA_FIELDS", "VMAIL_USER",
+    "Auxd", "Dnsmasq", "Dovecot", "MailStack", "Postfix", "Rspamd", "Service", "StackError",
+    "address", "dns_query", "reply_for",
+]

@@ -1,0 +1,281 @@
+#!/usr/bin/python3
+"""auxd: the mail stack's own small daemon, one process with two services.
+
+* A Postfix policy service (greylisting) on host:greylist_port.  Postfix
+  asks it only for +greylist recipients (a restriction class on the inbound
+  MX).  A message is (client_address, sender, recipient, size): the answer is
+  greylist_action ("defer_if_permit ...") until it was first seen N s ago,
+  then "dunno", and the entry is forgotten (the next message waits again).
+  N is read from greylist_seconds_file when a message is first seen.
+* An implicit-TLS front on host:imaps_expired_port presenting cert/key (the
+  EXPIRED certificate), passing the plaintext on to imap_backend (Dovecot
+  IMAP): Dovecot 2.3 cannot give one listener its own certificate.
+
+Run as ``python3 auxd.py CONFIG.json`` as root: it binds its ports and reads
+the key, becomes a daemon (the parent exits 0 once it serves), writes its
+pid file and drops to cfg["user"].  Standard library only, and nothing from
+the rest of the mail stack: the stack runs a copy of this file with the
+system's python3.
+"""
+
+import json
+import os
+import pwd
+import select
+import signal
+import socket
+import ssl
+import sys
+import threading
+import time
+
+LOG_LOCK = threading.Lock()
+
+
+def log(msg):
+    """One line on stderr (the log file, once a daemon), microsecond stamps."""
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+    with LOG_LOCK:
+        sys.stderr.write(f"{stamp}.{int((now % 1) * 1e6):06d} auxd: {msg}\n")
+        sys.stderr.flush()
+
+
+def listen(host, port):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(64)
+    return sock
+
+
+def serve(sock, handler):
+    """Accept until the socket is closed; each connection in a thread of its own."""
+    while True:
+        try:
+            conn, peer = sock.accept()
+        except OSError:
+            if sock.fileno() < 0:
+                return
+            continue
+        threading.Thread(target=handler, args=(conn, peer), daemon=True).start()
+
+
+# -- the Postfix policy protocol ---------------------------------------------
+def read_policy_request(stream):
+    """One policy request: name=value lines up to an empty line, as a dict.
+    None at end of input (Postfix closed the connection)."""
+    attrs = {}
+    while True:
+        line = stream.readline()
+        if not line:
+            return None
+        line = line.rstrip(b"\r\n").decode("utf-8", "replace")
+        if not line:
+            return attrs
+        name, _, value = line.partition("=")
+        attrs[name] = value
+
+
+def policy_reply(action):
+    return f"action={action}\n\n".encode()
+
+
+def read_greylist_seconds(path, default):
+    """N from the first word of the file; default when it is missing or no number."""
+    try:
+        with open(path) as fh:
+            return float(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return float(default)
+
+
+class Greylist:
+    """The greylisting decision, and the policy connection that asks for it.
+    clock: time.time, or a test's own."""
+
+    def __init__(self, cfg, clock=time.time):
+        self.cfg = cfg
+        self.clock = clock
+        self.seen = {}            # message key -> (first seen, N it was given)
+        self.lock = threading.Lock()
+
+    def seconds(self):
+        return read_greylist_seconds(self.cfg["greylist_seconds_file"], self.cfg["greylist_default_seconds"])
+
+    @staticmethod
+    def key(attrs):
+        return (attrs.get("client_address", ""), attrs.get("sender", "").lower(),
+                attrs.get("recipient", "").lower(), attrs.get("size", ""))
+
+    def decide(self, attrs):
+        """(action, key, why) for a policy request's attributes."""
+        key = self.key(attrs)
+        now = self.clock()
+        stale = float(self.cfg["greylist_stale_seconds"])
+        defer = self.cfg["greylist_action"]
+        with self.lock:
+            for k, (first, n) in list(self.seen.items()):
+                if now - first > n + stale:       # its message never came back
+                    del self.seen[k]
+            entry = self.seen.get(key)
+            if entry is None:
+                n = self.seconds()
+                if n <= 0:
+                    return "dunno", key, "greylisting off (N=0)"
+                self.seen[key] = (now, n)
+                return defer, key, f"first seen, N={n:g}s"
+            first, n = entry
+            age = now - first
+            if age >= n:
+                del self.seen[key]
+                return "dunno", key, f"passed after {age:.3f}s (N={n:g}s)"
+            return defer, key, f"age {age:.3f}s < N={n:g}s"
+
+    def answer(self, attrs):
+        """The action for one request (anything but a policy request: dunno),
+        logged."""
+        if attrs.get("request") != "smtpd_access_policy":
+            action, key, why = "dunno", None, "not a policy request"
+        else:
+            action, key, why = self.decide(attrs)
+        log(f"greylist {key} -> action={action} ({why}) queue_id={attrs.get('queue_id', '')}")
+        return action
+
+    def handle(self, conn, peer):
+        """A policy connection: requests and replies until Postfix closes it."""
+        try:
+            stream = conn.makefile("rwb")
+            while True:
+                attrs = read_policy_request(stream)
+                if attrs is None:
+                    return
+                stream.write(policy_reply(self.answer(attrs)))
+                stream.flush()
+        except OSError as exc:
+            log(f"greylist connection error: {exc}")
+        finally:
+            conn.close()
+
+
+# -- the TLS front -------------------------------------------------------------
+class TLSFront:
+    """Implicit TLS with cfg's certificate, then bytes both ways to imap_backend."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.ctx.load_cert_chain(cfg["cert"], cfg["key"])
+
+    def handle(self, conn, peer):
+        upstream = None
+        try:
+            conn.settimeout(15)
+            try:
+                tls = self.ctx.wrap_socket(conn, server_side=True)
+            except (ssl.SSLError, OSError) as exc:
+                # a bare TCP probe (status) closes at once: not worth a line
+                if not isinstance(exc, (ssl.SSLEOFError, ConnectionResetError, socket.timeout)) \
+                        and "EOF" not in str(exc):
+                    log(f"imaps-expired {peer[0]}:{peer[1]} handshake failed: {exc}")
+                conn.close()
+                return
+            host, port = self.cfg["imap_backend"]
+            upstream = socket.create_connection((host, port), timeout=15)
+            tls.settimeout(None)
+            upstream.settimeout(None)
+            log(f"imaps-expired {peer[0]}:{peer[1]} connected (a client that accepted the expired "
+                f"certificate), -> {host}:{port}")
+            relay(tls, upstream)
+        except (ssl.SSLError, OSError):
+            pass
+        finally:
+            for sock in (upstream, conn):
+                try:
+                    if sock is not None:
+                        sock.close()
+                except OSError:
+                    pass
+
+
+def relay(tls, upstream, idle_timeout=600):
+    """Copy bytes both ways until one side closes or nothing moves for idle_timeout s.
+    TLS may hold decrypted bytes that select() cannot see: read those first."""
+    while True:
+        if tls.pending():
+            ready = [tls]
+        else:
+            ready, _, _ = select.select([tls, upstream], [], [], idle_timeout)
+        if not ready:
+            return
+        for sock in ready:
+            data = sock.recv(65536)
+            if not data:
+                return
+            (upstream if sock is tls else tls).sendall(data)
+
+
+# -- the daemon -----------------------------------------------------------------
+def daemonize(cfg):
+    """Fork twice; the first parent exits 0 once the daemon says "ok" on the
+    pipe (1 if it never does).  Returns the pipe's write end, in the daemon."""
+    rfd, wfd = os.pipe()
+    if os.fork():
+        os.close(wfd)
+        ok = os.read(rfd, 16) == b"ok"
+        os._exit(0 if ok else 1)
+    os.close(rfd)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    with open(cfg["pidfile"] + ".tmp", "w") as fh:
+        fh.write(f"{os.getpid()}\n")
+    os.rename(cfg["pidfile"] + ".tmp", cfg["pidfile"])
+    return wfd
+
+
+def redirect_stdio(logf):
+    """stdin from /dev/null, stdout and stderr to the (open) log file."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(logf.fileno(), 1)
+    os.dup2(logf.fileno(), 2)
+
+
+def drop_privileges(user):
+    pw = pwd.getpwnam(user)
+    os.setgroups([])
+    os.setgid(pw.pw_gid)
+    os.setuid(pw.pw_uid)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    with open(argv[0]) as fh:
+        cfg = json.load(fh)
+    host = cfg["host"]
+    # as root: the ports, the key, and the log file (the stack's, root's)
+    greylist_sock = listen(host, cfg["greylist_port"])
+    tls_sock = listen(host, cfg["imaps_expired_port"])
+    greylist, front = Greylist(cfg), TLSFront(cfg)
+    logf = open(cfg["log"], "a")
+    ready_fd = daemonize(cfg)
+    redirect_stdio(logf)
+    os.chdir("/")
+    drop_privileges(cfg["user"])
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    for sock, handler in ((greylist_sock, greylist.handle), (tls_sock, front.handle)):
+        threading.Thread(target=serve, args=(sock, handler), daemon=True).start()
+    backend_host, backend_port = cfg["imap_backend"]
+    log(f"started pid {os.getpid()}: greylist policy {host}:{cfg['greylist_port']}, "
+        f"imaps-expired {host}:{cfg['imaps_expired_port']} -> {backend_host}:{backend_port}")
+    os.write(ready_fd, b"ok")
+    os.close(ready_fd)
+    while True:
+        signal.pause()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Real monitoring systems for the tests: Icinga 2 and Nagios 4, privately.
+
+Run as root on Debian 12 (no systemd needed).
+
+    ensure_packages()                    apt-get installs icinga2-bin, icinga2-common,
+                                         nagios4-core (and openssl) when missing,
+                                         without starting any daemon
+    icinga2_validate(text_or_paths)      -> (returncode, output) of `icinga2 daemon -C`
+    Icinga2Instance(...)                 a private Icinga 2 daemon with the REST API on
+                                         127.0.0.1 that runs check_email_roundtrip
+    nagios4_verify(command_definition)   -> (returncode, output) of `nagios4 -v`
+    readme_nagios_blocks(readme)         the `define command`/`define service` blocks
+                                         of the README's "Install" section
+
+Nothing here reads or writes /etc/icinga2 or /etc/nagios4: icinga2.py and
+nagios4.py say how; common.py holds what both use, templates/ the
+configuration they write.  Processes are handled with the mail stack's
+helpers (mailstack.procs), packages with its installer (mailstack.packages).
+"""
+
+from .common import (
+    COMMAND_CONF,
+    PACKAGES,
+    PLUGIN,
+    README,
+    SERVICES_CONF,
+    WORK_ROOT,
+    MonitoringError,
+    ensure_packages,
+    plugin_dir,
+    plugin_path,
+)
+from .icinga2 import Icinga2Instance, critical_lines, icinga2_validate, icinga_string, reap_stale_instances
+from .nagios4 import nagios4_verify, readme_nagios_blocks
+
+__all__ = [
+    "COMMAND_CONF", "PACKAGES", "PLUGIN", "README", "SERVICES_CONF", "WORK_ROOT", "Icinga2Instance",
+    "MonitoringError", "critical_lines", "ensure_packages", "icinga2_validate", "icinga_string",
+    "nagios4_verify", "plugin_dir", "plugin_path", "reap_stale_instances", "readme_nagios_blocks",
+]

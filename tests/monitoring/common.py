@@ -1,0 +1,117 @@
+"""What the Icinga 2 and Nagios 4 harnesses share: paths, packages, the
+installed plugin, commands, private work directories."""
+
+import os
+import pathlib
+import shutil
+import socket
+import sys
+import tempfile
+import time
+
+from mailstack.packages import install_packages, missing_packages
+from mailstack.system import StackError, render_file, run
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TESTS = os.path.dirname(HERE)
+REPO = os.path.dirname(TESTS)
+TEMPLATES = pathlib.Path(HERE) / "templates"
+ICINGA_TEMPLATES_DIR = os.path.join(REPO, "icinga2-templates")
+COMMAND_CONF = os.path.join(ICINGA_TEMPLATES_DIR, "email_roundtrip.conf")
+SERVICES_CONF = os.path.join(ICINGA_TEMPLATES_DIR, "services.conf")
+README = os.path.join(REPO, "README.md")
+
+PLUGIN = "check_email_roundtrip"
+PACKAGES = ("icinga2-bin", "icinga2-common", "nagios4-core", "openssl")
+WORK_ROOT = "/var/tmp/check_email_roundtrip-monitoring"
+INSTALL_LOG = os.path.join(WORK_ROOT, "apt.log")
+
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+
+
+class MonitoringError(RuntimeError):
+    pass
+
+
+def run_command(cmd, env=None, timeout=120):
+    """(returncode, stdout+stderr); never writes to our own stdout/stderr."""
+    res = run(cmd, check=False, env=env, timeout=timeout)
+    return res.returncode, res.stdout
+
+
+def write_text(path, text, mode=0o644):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(path, mode)
+
+
+def render(template, **values):
+    """A template of ours (a path under templates/) filled with values."""
+    return render_file(TEMPLATES / template, values)
+
+
+def workdir(prefix):
+    """A new private directory under WORK_ROOT."""
+    os.makedirs(WORK_ROOT, exist_ok=True)
+    return tempfile.mkdtemp(prefix=prefix, dir=WORK_ROOT)
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ensure_packages(pkgs=PACKAGES):
+    """Install what is missing; returns (installed package names, seconds).
+
+    No daemon is started (see mailstack.packages).  --no-install-recommends
+    keeps it to icinga2-bin, icinga2-common, nagios4-core/-common and their
+    dependencies (boost libraries, monitoring-plugins-basic, bsd-mailx);
+    apt's output goes to INSTALL_LOG.
+    """
+    if not missing_packages(pkgs):
+        return [], 0.0
+    started = time.monotonic()
+    os.makedirs(WORK_ROOT, exist_ok=True)
+    try:
+        installed = install_packages(pkgs, log=INSTALL_LOG, owner="tests/monitoring")
+    except StackError as exc:
+        raise MonitoringError(f"{exc} (apt's output: {INSTALL_LOG})") from None
+    return installed, time.monotonic() - started
+
+
+def _is_pyenv_shim(path):
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(512)
+    except OSError:
+        return False
+    return b"pyenv" in head and head.startswith(b"#!")
+
+
+def plugin_path():
+    """The real check_email_roundtrip executable (absolute).
+
+    shutil.which() first.  A pyenv shim (a bash script re-resolving the
+    Python version from the environment and the working directory at every
+    call) is not what a monitoring system should execute: then the console
+    script next to the running interpreter is taken, else `pyenv which`.
+    """
+    found = shutil.which(PLUGIN)
+    if found and not _is_pyenv_shim(found):
+        return os.path.abspath(found)
+    beside = os.path.join(os.path.dirname(sys.executable), PLUGIN)
+    if os.access(beside, os.X_OK):
+        return beside
+    if found:
+        rc, out = run_command(["pyenv", "which", PLUGIN])
+        if rc == 0 and out.strip() and os.access(out.strip().splitlines()[-1], os.X_OK):
+            return out.strip().splitlines()[-1]
+    raise MonitoringError(f"{PLUGIN} is not installed (pip install {REPO})")
+
+
+def plugin_dir():
+    return os.path.dirname(plugin_path())
