@@ -53,6 +53,10 @@ def _tracer(settings: Settings) -> Trace | None:
     return _trace if settings.verbose >= 3 else None
 
 
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="microseconds")
+
+
 def _required(value: Any, what: str) -> Any:
     """Settings the CLI guarantees for a mode; a bug of ours if missing."""
     if value is None:
@@ -81,10 +85,10 @@ def _submit(
         trace=_tracer(settings),
     )
     log.info("SMTP accepted: %s", submission.final_reply)
-    log.debug(
-        "MAIL FROM sent at %s",
-        datetime.fromtimestamp(submission.mail_from_wall, timezone.utc).isoformat(timespec="microseconds"),
-    )
+    # wall-clock times, to set against the servers' logs (and bench/'s)
+    log.debug("MAIL FROM sent at %s", _iso(submission.mail_from_wall))
+    if submission.data_wall is not None:
+        log.debug("DATA sent at %s", _iso(submission.data_wall))
     timings = SmtpTimings.of(times)
     log.info(
         "SMTP phases: %s",

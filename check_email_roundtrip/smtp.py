@@ -46,6 +46,7 @@ class Submission:
     # when MAIL FROM was sent: the round trip starts here
     mail_from_at: float  # time.monotonic()
     mail_from_wall: float  # time.time(), for later runs and the log
+    data_wall: float | None = None  # time.time() when DATA was sent (the log, bench/)
 
 
 def parse_queue_id(reply: str) -> str | None:
@@ -208,6 +209,7 @@ class SmtpSession(Session):
                 if code not in (250, 251):
                     raise ProbeError(Phase.SMTP_RCPT, refusal(code), code, reply_text(text))
         with self.phase(Phase.SMTP_DATA, "submit"):
+            data_wall = time.time()
             try:
                 code, text = client.data(message())
             except smtplib.SMTPDataError as exc:  # the DATA command itself was refused
@@ -217,7 +219,7 @@ class SmtpSession(Session):
             if code != 250:
                 raise ProbeError(Phase.SMTP_DATA, "message " + refusal(code), code, reply_text(text))
         final_reply = " ".join(f"{code} {reply_text(text)}".split())
-        return Submission(final_reply, parse_queue_id(final_reply), mail_from_at, mail_from_wall)
+        return Submission(final_reply, parse_queue_id(final_reply), mail_from_at, mail_from_wall, data_wall)
 
     def quit(self) -> None:
         try:
