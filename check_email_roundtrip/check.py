@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import nagiosplugin
 from nagiosplugin.state import Critical, Ok, ServiceState, Unknown, Warn
 
+from .errors import LocalError
 from .facts import PollResult, ProbeResult, RoundtripResult, SmtpTimings, SubmitResult, WatchKind
 from .memory import Remembered
 from .render import SERVICE, Report
@@ -41,6 +42,7 @@ PERFDATA: dict[str, str] = {
     "smtp_auth": "SMTP AUTH exchange",
     "smtp_submit": "SMTP MAIL FROM until the final reply to the message data",
     "smtp_total": "the whole SMTP session, connect to QUIT",
+    "oauth_token": "getting an OAuth2 access token (the token endpoint or command), when a request was made",
     "imap_retrieval": "one look into the mailbox: IMAP connect, TLS, LOGIN, EXAMINE, the search that found "
     "the message, header fetch",
     # the receiver's verdicts: 1 pass, 0 anything else (not evaluated included)
@@ -64,6 +66,7 @@ SECONDS_LABELS = (
     "smtp_submit",
     "smtp_total",
     "imap_retrieval",
+    "oauth_token",
     "age",
 )
 # The figure -w/-c apply to, per result type.
@@ -151,6 +154,7 @@ def timing_metrics(result: ProbeResult) -> Iterator[nagiosplugin.Metric]:
         "smtp_total": smtp.total,
         "roundtrip": result.roundtrip if isinstance(result, RoundtripResult) else None,
         "imap_retrieval": imap.cycle if imap is not None else None,
+        "oauth_token": result.oauth_token,
     }
     for label, value in values.items():
         if value is not None:
@@ -205,7 +209,9 @@ def fact_contexts(settings: Settings) -> list[nagiosplugin.Context]:
     policy = settings.verdicts.policy
     poll = settings.poll
     return [
-        FactContext("failure", _always(Critical)),
+        # a fact about the service is CRITICAL; a failure on our side (a token
+        # command, a token file) is UNKNOWN
+        FactContext("failure", lambda e: Unknown if isinstance(e, LocalError) else Critical),
         FactContext("timeout", _always(Unknown)),
         FactContext(
             "delivery",

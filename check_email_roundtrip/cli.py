@@ -16,11 +16,14 @@ import ssl
 import sys
 import traceback
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn, TextIO, cast
 
-from .credentials import Login, Password, Secret
+from .converters import nagios_range
+from .credentials import Login, Mechanism, Password, TokenSource
 from .errors import RunTimeout
-from .memory import default_state_file
+from .logins import login_for, read_password, token_source
+from .memory import default_state_file, state_directory
 from .options import (
     BOUNCE_PASSWORD_ENV,
     DEFAULT_CRITICAL,
@@ -35,7 +38,6 @@ from .options import (
     ServerFamily,
     UsageError,
     build_parser,
-    nagios_range,
 )
 from .output import LOGGER, MaskedOutput, configure_logging, log_lines
 from .policy import AuthPolicy
@@ -77,44 +79,37 @@ def _no_range() -> Any:
     return nagiosplugin.Range("")
 
 
-# -- secrets ---------------------------------------------------------------------------------
-def read_password(path: str | None, env_name: str, what: str, warnings: list[str]) -> Password | None:
-    """The first line of ``path``, else the environment variable, else None."""
-    if path:
-        try:
-            if os.stat(path).st_mode & 0o004:
-                # accepted, but said on every run until it is fixed
-                warnings.append(f"{what} password file {path} is readable by every user (chmod o-r)")
-            with open(path, encoding="utf-8") as handle:
-                first_line = handle.readline().rstrip("\r\n")
-        except OSError as exc:
-            raise UsageError(f"cannot read {what} password file {path}: {exc.strerror}") from None
-        except UnicodeDecodeError:
-            raise UsageError(f"{what} password file {path} is not UTF-8 text") from None
-        if not first_line:
-            raise UsageError(f"{what} password file {path} is empty")
-        return Password(Secret(first_line), f"file {path}")
-    value = os.environ.get(env_name)
-    return Password(Secret(value), f"${env_name}") if value else None
+@dataclass
+class _Secrets:
+    """What the options and the environment say about signing in, read once."""
+
+    smtp_password: Password | None
+    token: TokenSource | None
+    warnings: list[str]  # accepted, but worth a WARNING on every run
+
+    def login(
+        self, option: str, args: argparse.Namespace, user: str, password: Password | None, password_help: str
+    ) -> Login:
+        # the bounce folder is read over IMAP: it signs in as --imap-auth says
+        family = "imap" if option == "bounce" else option
+        mechanism = getattr(args, f"{family}_auth") or args.auth or Mechanism.PASSWORD
+        return login_for(option, user, mechanism, self.token, password, password_help)
+
+    def second_login(self, option: str, args: argparse.Namespace, user: str, env_name: str) -> Login:
+        """A second login: its own password file or variable, else the SMTP
+        password when it is the same user (or the shared access token)."""
+        what = option.upper() if option == "imap" else option
+        password = read_password(getattr(args, f"{option}_password_file"), env_name, what, self.warnings)
+        if password is None and user == args.smtp_user:
+            password = self.smtp_password
+        return self.login(option, args, user, password, f"--{option}-password-file or ${env_name}")
 
 
-def second_login(
-    user: str,
-    smtp_user: str | None,
-    smtp_password: Password | None,
-    option: str,
-    env_name: str,
-    path: str | None,
-    warnings: list[str],
-) -> Login:
-    """A second login's password: its own file or variable, else the SMTP
-    password when it is the same user."""
-    password = read_password(path, env_name, option.upper() if option == "imap" else option, warnings)
-    if password is None and user == smtp_user:
-        password = smtp_password
-    if password is None:
-        raise UsageError(f"--{option}-user needs a password: --{option}-password-file or ${env_name}")
-    return Login(user, password)
+def _secrets(args: argparse.Namespace) -> _Secrets:
+    warnings: list[str] = []
+    smtp_password = read_password(args.smtp_password_file, SMTP_PASSWORD_ENV, "SMTP", warnings)
+    state_dir = os.path.dirname(args.state_file) if args.state_file else state_directory()
+    return _Secrets(smtp_password, token_source(args, state_dir, warnings), warnings)
 
 
 # -- settings, one concern at a time -------------------------------------------------------------
@@ -134,9 +129,7 @@ def _endpoint(family: ServerFamily, args: argparse.Namespace, host: str, login: 
     return Endpoint(host, port, security, login)
 
 
-def _smtp(
-    args: argparse.Namespace, password: Password | None
-) -> tuple[Endpoint | None, str | None, str | None]:
+def _smtp(args: argparse.Namespace, secrets: _Secrets) -> tuple[Endpoint | None, str | None, str | None]:
     """The SMTP server, the sender and the recipient (not in poll mode)."""
     if args.mode is Mode.POLL:
         return None, None, None
@@ -145,16 +138,22 @@ def _smtp(
         raise UsageError("no SMTP server: give -H/--hostname or --smtp-host")
     login = None
     if args.smtp_user:
-        if password is None:
-            raise UsageError(f"--smtp-user needs a password: --smtp-password-file or ${SMTP_PASSWORD_ENV}")
-        login = Login(args.smtp_user, password)
+        login = secrets.login(
+            "smtp",
+            args,
+            args.smtp_user,
+            secrets.smtp_password,
+            f"--smtp-password-file or ${SMTP_PASSWORD_ENV}",
+        )
+    elif args.smtp_auth not in (None, Mechanism.PASSWORD):
+        raise UsageError(f"--smtp-auth {args.smtp_auth} needs --smtp-user (the mailbox to sign in as)")
     sender = args.envelope_from or (args.smtp_user if args.smtp_user and "@" in args.smtp_user else None)
     if not sender:
         raise UsageError("no sender: give --from (or an --smtp-user that is an address)")
     return _endpoint(SMTP_FAMILY, args, host, login), sender, args.recipient or sender
 
 
-def _imap(args: argparse.Namespace, smtp_password: Password | None, warnings: list[str]) -> Endpoint | None:
+def _imap(args: argparse.Namespace, secrets: _Secrets) -> Endpoint | None:
     if args.mode is Mode.SUBMIT:
         return None
     host = args.imap_host or args.hostname or args.smtp_host
@@ -163,9 +162,7 @@ def _imap(args: argparse.Namespace, smtp_password: Password | None, warnings: li
     user = args.imap_user or args.smtp_user
     if not user:
         raise UsageError(f"{args.mode} mode needs an IMAP login: give --imap-user (or --smtp-user)")
-    login = second_login(
-        user, args.smtp_user, smtp_password, "imap", IMAP_PASSWORD_ENV, args.imap_password_file, warnings
-    )
+    login = secrets.second_login("imap", args, user, IMAP_PASSWORD_ENV)
     return _endpoint(IMAP_FAMILY, args, host, login)
 
 
@@ -228,9 +225,7 @@ def _verdicts(args: argparse.Namespace) -> Verdicts:
     )
 
 
-def _elsewhere(
-    args: argparse.Namespace, imap: Endpoint | None, smtp_password: Password | None, warnings: list[str]
-) -> Elsewhere:
+def _elsewhere(args: argparse.Namespace, imap: Endpoint | None, secrets: _Secrets) -> Elsewhere:
     roundtrip_only = (
         args.junk_folder,
         args.no_junk,
@@ -250,15 +245,7 @@ def _elsewhere(
         user = args.bounce_user or args.smtp_user
         if not user:
             raise UsageError("--bounce-folder needs a login: --bounce-user (or --smtp-user)")
-        login = second_login(
-            user,
-            args.smtp_user,
-            smtp_password,
-            "bounce",
-            BOUNCE_PASSWORD_ENV,
-            args.bounce_password_file,
-            warnings,
-        )
+        login = secrets.second_login("bounce", args, user, BOUNCE_PASSWORD_ENV)
         bounce = BounceWatch(Endpoint(imap.host, imap.port, imap.security, login), args.bounce_folder)
     return Elsewhere(
         args.junk_folder, not args.no_junk, args.junk_state, bounce, args.cleanup, args.purge_older_than
@@ -290,10 +277,9 @@ def _tls(args: argparse.Namespace) -> TlsConfig:
 def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     """Options and environment -> Settings, or UsageError with one line."""
     args = build_parser().parse_args(argv)
-    warnings: list[str] = []  # accepted, but worth a WARNING on every run
-    smtp_password = read_password(args.smtp_password_file, SMTP_PASSWORD_ENV, "SMTP", warnings)
-    smtp, sender, recipient = _smtp(args, smtp_password)
-    imap = _imap(args, smtp_password, warnings)
+    secrets = _secrets(args)
+    smtp, sender, recipient = _smtp(args, secrets)
+    imap = _imap(args, secrets)
     thresholds, wait, timeout = _thresholds(args)
     return Settings(
         mode=args.mode,
@@ -310,9 +296,9 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         verbose=min(args.verbose, 3),
         verdicts=_verdicts(args),
         memory=_memory(args, imap),
-        elsewhere=_elsewhere(args, imap, smtp_password, warnings),
+        elsewhere=_elsewhere(args, imap, secrets),
         poll=_poll(args),
-        config_warnings=tuple(warnings),
+        config_warnings=tuple(secrets.warnings),
     )
 
 
@@ -331,6 +317,7 @@ def effective_settings(settings: Settings) -> list[str]:
         if endpoint.login is not None:
             rows += [
                 (f"--{family.name}-user", endpoint.login.user),
+                (f"--{family.name}-auth", endpoint.login.mechanism),
                 (f"{family.name} credential", endpoint.login.credential.describe()),
             ]
     rows += [
@@ -344,7 +331,7 @@ def effective_settings(settings: Settings) -> list[str]:
         ("--critical", settings.thresholds.critical),
     ]
     rows += [
-        (f"phase {label}", f"warning {pair[0]}, critical {pair[1]}")
+        (f"phase {label}", f"warning {str(pair[0]) or '(none)'}, critical {str(pair[1]) or '(none)'}")
         for label, pair in settings.thresholds.phases.items()
     ]
     rows += [

@@ -1,21 +1,23 @@
-"""How the probe signs in: a user and a credential, handed to both protocols.
+"""How the probe signs in: a user, a credential and a mechanism, for both protocols.
 
-A :class:`Login` is a user name and a credential.  Today the credential is a
-:class:`Password`; a sign-in mechanism that needs something else (an OAuth2
-access token from a token source) is one more credential type here and one
-more entry in each protocol's table of mechanisms (``smtp.SIGN_IN``,
-``imap.SIGN_IN``), nothing else.
+A :class:`Login` is a user name, a credential and the SASL mechanism that
+presents it.  The credential is a :class:`Password`, or an :class:`OAuth2`
+whose access token comes from a token source at run time (``oauth.py``).
+Adding a sign-in mechanism is one member of :class:`Mechanism` and one entry
+in each protocol's table of mechanisms (``smtp.SIGN_IN``, ``imap.SIGN_IN``).
 
-Secrets never print themselves: ``repr``/``str`` show a placeholder, and
-:meth:`Login.secret_forms` lists every form in which the secret travels (as
-typed, and the base64 forms of AUTH PLAIN and LOGIN) for the output filter.
+Secrets never print themselves: ``repr``/``str`` show a placeholder.  Every
+secret text, in every form it travels in, is registered with the output
+filter (``output.register_secret``), including tokens obtained at run time.
 """
 
 from __future__ import annotations
 
 import base64
 import enum
+import shlex
 from dataclasses import dataclass, field
+from typing import Union
 
 
 class Secret:
@@ -42,9 +44,15 @@ class Secret:
 
 
 class Mechanism(enum.Enum):
-    """How a login proves itself: each protocol has one entry per member."""
+    """How a login proves itself (--smtp-auth, --imap-auth)."""
 
     PASSWORD = "password"  # SMTP AUTH PLAIN/LOGIN (smtplib's choice), IMAP LOGIN
+    XOAUTH2 = "xoauth2"  # Google's and Microsoft's OAuth2 mechanism
+    OAUTHBEARER = "oauthbearer"  # RFC 7628
+
+    @property
+    def is_oauth(self) -> bool:
+        return self is not Mechanism.PASSWORD
 
     def __str__(self) -> str:
         return self.value
@@ -55,31 +63,96 @@ class Password:
     secret: Secret = field(repr=False)
     source: str  # where it came from, for -vv: "file /etc/...", "$VARIABLE"
 
-    mechanism = Mechanism.PASSWORD
-
     def describe(self) -> str:
         return f"password from {self.source}"
 
 
-Credential = Password
+# -- where an OAuth2 access token comes from ---------------------------------------------------
+@dataclass(frozen=True)
+class StaticToken:
+    """A token refreshed by something else: read from a file or the environment."""
+
+    secret: Secret = field(repr=False)
+    source: str
+
+    def describe(self) -> str:
+        return f"access token from {self.source}"
+
+
+@dataclass(frozen=True)
+class TokenCommand:
+    """A command that prints a fresh token on its first line (run without a shell)."""
+
+    argv: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"access token from the command {shlex.join(self.argv)}"
+
+
+@dataclass(frozen=True)
+class TokenEndpoint:
+    """The built-in grant: client credentials, or refresh token when one is given."""
+
+    url: str
+    client_id: str
+    client_secret: Secret = field(repr=False)
+    client_secret_source: str
+    scope: str | None
+    refresh_token_file: str | None
+    cache_file: str  # the cached access token, 0600, in the state directory
+
+    @property
+    def grant(self) -> str:
+        return "refresh_token" if self.refresh_token_file else "client_credentials"
+
+    def describe(self) -> str:
+        return (
+            f"access token from {self.url} ({self.grant} grant, client {self.client_id}, secret from "
+            f"{self.client_secret_source}, scope {self.scope or '(none)'}, cache {self.cache_file})"
+        )
+
+
+TokenSource = Union[StaticToken, TokenCommand, TokenEndpoint]
+
+
+@dataclass(frozen=True)
+class OAuth2:
+    source: TokenSource
+
+    def describe(self) -> str:
+        return self.source.describe()
+
+
+Credential = Union[Password, OAuth2]
 
 
 @dataclass(frozen=True)
 class Login:
     user: str
     credential: Credential
-
-    @property
-    def mechanism(self) -> Mechanism:
-        return self.credential.mechanism
+    mechanism: Mechanism = Mechanism.PASSWORD
 
     def secret_forms(self) -> tuple[str, ...]:
-        """Every text that would give the secret away, as it may appear."""
-        password = self.credential.secret.reveal()
-        return (password, _b64(password), _b64(f"\0{self.user}\0{password}"))
+        """Every text known now that would give a secret away, as it may appear
+        (a token obtained at run time is registered when it is obtained)."""
+        credential = self.credential
+        if isinstance(credential, Password):
+            password = credential.secret.reveal()
+            return (password, _b64(password), _b64(f"\0{self.user}\0{password}"))
+        source = credential.source
+        if isinstance(source, StaticToken):
+            return token_forms(source.secret.reveal())
+        if isinstance(source, TokenEndpoint):
+            return (source.client_secret.reveal(),)
+        return ()
 
     def describe(self) -> str:
-        return f"{self.user} ({self.credential.describe()})"
+        return f"{self.user} ({self.mechanism}, {self.credential.describe()})"
+
+
+def token_forms(token: str) -> tuple[str, ...]:
+    """A token as typed; its SASL initial responses are masked by the trace."""
+    return (token,)
 
 
 def _b64(text: str) -> str:

@@ -17,6 +17,7 @@ from typing import Optional
 class Phase(enum.Enum):
     """Every stage a probe can fail in.  The value is how the output names it."""
 
+    OAUTH_TOKEN = "OAuth token request"
     SMTP_CONNECT = "SMTP connect"
     SMTP_TLS = "SMTP TLS handshake"
     SMTP_EHLO = "SMTP EHLO"
@@ -30,6 +31,7 @@ class Phase(enum.Enum):
     IMAP_TLS = "IMAP TLS handshake"
     IMAP_STARTTLS = "IMAP STARTTLS"
     IMAP_LOGIN = "IMAP LOGIN"
+    IMAP_AUTHENTICATE = "IMAP AUTHENTICATE"
     IMAP_SELECT = "IMAP SELECT"
     IMAP_SEARCH = "IMAP SEARCH"
     IMAP_FETCH = "IMAP FETCH"
@@ -68,6 +70,19 @@ class ProbeError(Exception):
         text = f"{self.phase} {self.reason}"
         reply = self.server_reply
         return f"{text}: {reply}" if reply else text
+
+
+class LocalError(Exception):
+    """Something on the monitoring host's side failed, not the service: a
+    token command that exits non-zero, a token file gone.  UNKNOWN, naming it."""
+
+    def __init__(self, phase: Phase, text: str):
+        self.phase = phase
+        self.text = " ".join(text.split())
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"{self.phase}: {self.text}"
 
 
 class RunTimeout(BaseException):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Union
 
-from .errors import ProbeError, RunTimeout
+from .errors import LocalError, ProbeError, RunTimeout
 from .memory import PendingProbe
 from .session import PhaseTimes
 from .smtp import Submission
@@ -109,8 +109,9 @@ class SubmitResult:
     marker: str
     smtp: SmtpTimings
     submission: Submission | None = None
-    error: ProbeError | None = None
+    error: ProbeError | LocalError | None = None
     timeout: RunTimeout | None = None
+    oauth_token: float | None = None  # seconds spent getting an access token, when one was requested
 
 
 @dataclass(frozen=True)
@@ -127,8 +128,9 @@ class RoundtripResult:
     late: tuple[LateArrival, ...] = ()  # earlier runs' probes that arrived since
     lost: tuple[PendingProbe, ...] = ()  # earlier runs' probes now counted lost
     housekeeping: Housekeeping = Housekeeping()
-    error: ProbeError | None = None
+    error: ProbeError | LocalError | None = None
     timeout: RunTimeout | None = None
+    oauth_token: float | None = None  # seconds spent getting an access token, when one was requested
 
     @property
     def roundtrip(self) -> float | None:
@@ -141,8 +143,9 @@ class PollResult:
     imap: ImapTimings | None = None
     matches: int | None = None  # messages matching in the window
     newest_age: float | None = None  # seconds since the newest match arrived (INTERNALDATE)
-    error: ProbeError | None = None
+    error: ProbeError | LocalError | None = None
     timeout: RunTimeout | None = None
+    oauth_token: float | None = None  # seconds spent getting an access token, when one was requested
 
 
 ProbeResult = Union[SubmitResult, RoundtripResult, PollResult]

@@ -16,17 +16,20 @@ command line comes from :mod:`.imapsyntax`.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import imaplib
 import re
 import socket
 from typing import Any, BinaryIO, Callable, cast
 
-from .credentials import Login, Mechanism
+from . import sasl
+from .credentials import Login, Mechanism, Secret
 from .deadline import Deadline
 from .errors import Phase, ProbeError
 from .imapsyntax import ImapSyntaxError, SearchKeys, decode_mailbox, parse_internaldate, quote_mailbox
 from .net import connection_error
+from .output import register_secret
 from .session import Session, Trace
 from .settings import Endpoint, Security
 from .tls import TlsClient
@@ -73,13 +76,43 @@ class _Client(imaplib.IMAP4):
         super().send(data)
 
 
-def _password(client: _Client, login: Login) -> None:
-    client.login(login.user, login.credential.secret.reveal())
+def _password(session: ImapSession, login: Login, secret: str) -> None:
+    session.client.login(login.user, secret)
 
 
-# One entry per sign-in mechanism: how IMAP proves a login.
-SIGN_IN: dict[Mechanism, Callable[[_Client, Login], None]] = {
-    Mechanism.PASSWORD: _password,
+def _oauth2(session: ImapSession, login: Login, token: str) -> None:
+    """XOAUTH2 or OAUTHBEARER through imaplib's public authenticate(): the
+    response after the server's first (empty) continuation; a failure
+    challenge is kept (for the error) and answered as the mechanism requires."""
+    mechanism, name = login.mechanism, login.mechanism.value.upper()
+    if not session.has(f"AUTH={name}"):
+        offered = " ".join(cap[5:] for cap in session.client.capabilities if cap.startswith("AUTH="))
+        raise ProbeError(
+            Phase.IMAP_AUTHENTICATE,
+            f"unavailable: the server offers no {name} (offers {offered or 'no SASL mechanism'})",
+        )
+    endpoint = session.endpoint
+    response = sasl.initial_response(mechanism, login.user, token, endpoint.host, endpoint.port)
+    register_secret(base64.b64encode(response.encode()).decode())
+    sent = False
+
+    def answer(challenge: bytes) -> bytes:
+        nonlocal sent
+        if not sent and not challenge:
+            sent = True
+            return response.encode()
+        session.challenge = challenge or b""
+        return sasl.failure_answer(mechanism).encode()
+
+    session.client.authenticate(name, answer)
+
+
+# One entry per sign-in mechanism: how IMAP proves a login with its secret,
+# the phase it is, and what the trace shows instead of what is sent.
+SIGN_IN: dict[Mechanism, tuple[Callable[[ImapSession, Login, str], None], Phase, str]] = {
+    Mechanism.PASSWORD: (_password, Phase.IMAP_LOGIN, "<LOGIN command hidden>"),
+    Mechanism.XOAUTH2: (_oauth2, Phase.IMAP_AUTHENTICATE, "<AUTHENTICATE exchange hidden>"),
+    Mechanism.OAUTHBEARER: (_oauth2, Phase.IMAP_AUTHENTICATE, "<AUTHENTICATE exchange hidden>"),
 }
 
 
@@ -94,6 +127,7 @@ class ImapSession(Session):
         self.writable = False  # ... with SELECT rather than EXAMINE
         self.select_seconds: dict[str, float] = {}  # folder -> its last SELECT/EXAMINE
         self.searches = 0
+        self.challenge: bytes | None = None  # a token mechanism's failure challenge
 
     @property
     def client(self) -> _Client:
@@ -120,8 +154,9 @@ class ImapSession(Session):
         return None
 
     # -- signing in -------------------------------------------------------------------
-    def open(self) -> None:
-        """Connect, STARTTLS when asked, sign in."""
+    def open(self, secret: Secret) -> None:
+        """Connect, STARTTLS when asked, sign in with ``secret`` (the
+        password, or the access token)."""
         with self.phase(Phase.IMAP_CONNECT, "connect"):
             self._client = _Client(self)
         if self.endpoint.security is Security.STARTTLS:
@@ -137,20 +172,20 @@ class ImapSession(Session):
         login = self.endpoint.login
         if login is None:
             raise ProbeError(Phase.IMAP_LOGIN, "impossible: no IMAP user")
-        with self.phase(Phase.IMAP_LOGIN, "login"):
-            if "LOGINDISABLED" in self.client.capabilities:
-                raise ProbeError(Phase.IMAP_LOGIN, "unavailable: the server announces LOGINDISABLED")
+        sign_in, phase, hidden = SIGN_IN[login.mechanism]
+        with self.phase(phase, "login"):
+            if phase is Phase.IMAP_LOGIN and "LOGINDISABLED" in self.client.capabilities:
+                raise ProbeError(phase, "unavailable: the server announces LOGINDISABLED")
             try:
-                with self.hiding_sent("<LOGIN command hidden>"):
-                    SIGN_IN[login.mechanism](self.client, login)
+                with self.hiding_sent(hidden):
+                    sign_in(self, login, secret.reveal())
             except imaplib.IMAP4.abort:
                 raise
             except imaplib.IMAP4.error as exc:
-                raise ProbeError(
-                    Phase.IMAP_LOGIN,
-                    f"rejected for {login.user}",
-                    server_text=_text(exc.args[0] if exc.args else ""),
-                ) from None
+                text = _text(exc.args[0] if exc.args else "")
+                if self.challenge is not None:
+                    text += sasl.challenge_note(login.mechanism, self.challenge)
+                raise ProbeError(phase, f"rejected for {login.user}", server_text=text) from None
             self._refresh_capabilities()
 
     def _refresh_capabilities(self) -> None:

@@ -61,13 +61,18 @@ class Remembered:
     usable: bool = True
 
 
-def default_state_file(imap_user: str, imap_host: str, folder: str) -> str:
-    """``$XDG_STATE_HOME`` (else ``~/.local/state``)/check_email_roundtrip/<mailbox>.json"""
+def state_directory() -> str:
+    """``$XDG_STATE_HOME`` (else ``~/.local/state``)/check_email_roundtrip"""
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "check_email_roundtrip")
+
+
+def default_state_file(imap_user: str, imap_host: str, folder: str) -> str:
+    """state_directory()/<mailbox>.json, one file per monitored mailbox."""
     key = f"{imap_user}@{imap_host}/{folder}"
     readable = re.sub(r"[^A-Za-z0-9@._-]+", "_", f"{imap_user}@{imap_host}")[:80]
     digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:10]
-    return os.path.join(base, "check_email_roundtrip", f"{readable}-{digest}.json")
+    return os.path.join(state_directory(), f"{readable}-{digest}.json")
 
 
 class StateFile:

@@ -12,19 +12,40 @@ from __future__ import annotations
 
 import argparse
 import enum
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import nagiosplugin
-
 from . import __version__
+from .converters import (
+    choice,
+    days,
+    header_criterion,
+    nagios_range,
+    nameserver,
+    phase_threshold,
+    policy_rule,
+    port,
+    seconds,
+    whole_number,
+)
+from .credentials import Mechanism
+from .providers import Provider
 from .settings import Level, Mode, Security
 
 SMTP_PASSWORD_ENV = "CHECK_EMAIL_ROUNDTRIP_SMTP_PASSWORD"
 IMAP_PASSWORD_ENV = "CHECK_EMAIL_ROUNDTRIP_IMAP_PASSWORD"
 BOUNCE_PASSWORD_ENV = "CHECK_EMAIL_ROUNDTRIP_BOUNCE_PASSWORD"
+OAUTH_TOKEN_ENV = "CHECK_EMAIL_ROUNDTRIP_OAUTH_TOKEN"
+OAUTH_CLIENT_SECRET_ENV = "CHECK_EMAIL_ROUNDTRIP_OAUTH_CLIENT_SECRET"
+# Every variable that may carry a secret, for the Icinga template's env.
+SECRET_ENVS = (
+    SMTP_PASSWORD_ENV,
+    IMAP_PASSWORD_ENV,
+    BOUNCE_PASSWORD_ENV,
+    OAUTH_TOKEN_ENV,
+    OAUTH_CLIENT_SECRET_ENV,
+)
 
 DEFAULT_WARNING = "60"
 DEFAULT_CRITICAL = "300"
@@ -37,10 +58,6 @@ WAIT_PAST_CRITICAL = 5.0
 # -t defaults to --wait plus this: room for the SMTP and IMAP sessions around
 # the wait (each socket gives up 0.5 s before -t).
 TIMEOUT_PAST_WAIT = 30.0
-# Longest duration any option takes (a year): beyond it a float still parses
-# but time arithmetic overflows, and no check waits that long.
-MAX_SECONDS = 366 * 86400.0
-RANGE_EXAMPLES = "ranges look like 60, 10:, ~:60, 10:20 or @10:20"
 
 
 class Kind(enum.Enum):
@@ -68,115 +85,6 @@ class Option:
     @property
     def name(self) -> str:
         return self.dest or self.long[2:].replace("-", "_")
-
-
-# -- converters: text -> value, or the reason in the user's terms -----------------------------
-def nagios_range(text: str) -> nagiosplugin.Range:
-    """A Nagios range (``[@]start:end``, ``~`` for minus infinity), checked
-    here so that a bad one is explained, not a Python message."""
-    spec = text.strip()
-    body = spec[1:] if spec.startswith("@") else spec
-    start, sep, end = body.rpartition(":")
-    if not body or (sep and not start.strip("~") and not end):
-        raise argparse.ArgumentTypeError(f"invalid range {text!r}: {RANGE_EXAMPLES}")
-    for part in (start if start != "~" else "", end):
-        if not part:
-            continue
-        try:
-            value = float(part)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"invalid range {text!r}: {part!r} is not a number ({RANGE_EXAMPLES})"
-            ) from None
-        if not math.isfinite(value) or abs(value) > MAX_SECONDS * 1000:
-            raise argparse.ArgumentTypeError(f"invalid range {text!r}: {part!r} is out of bounds")
-    try:
-        return nagiosplugin.Range(spec)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"invalid range {text!r}: {exc}") from None
-
-
-def seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
-    if value > MAX_SECONDS:
-        raise argparse.ArgumentTypeError(f"{text} s is more than a year: {text!r}")
-    return value
-
-
-def days(text: str) -> float:
-    value = seconds(text)
-    if value * 86400 > MAX_SECONDS * 100:
-        raise argparse.ArgumentTypeError(f"more days than the calendar can count back: {text!r}")
-    return value
-
-
-def whole_number(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1: {text!r}")
-    return int(text)
-
-
-def port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 < value < 65536:
-        raise argparse.ArgumentTypeError(f"port out of range: {text!r}")
-    return value
-
-
-def choice(enum_type: type[enum.Enum]) -> Callable[[str], Any]:
-    """An argparse type for an enum's values, with argparse-like wording."""
-    values: tuple[str, ...] = tuple(member.value for member in enum_type)
-
-    def convert(text: str) -> Any:
-        if text not in values:
-            raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(values)})")
-        return enum_type(text)
-
-    return convert
-
-
-def header_criterion(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition(":")
-    if not sep or not name.strip() or " " in name.strip():
-        raise argparse.ArgumentTypeError(f"expected NAME:VALUE: {text!r}")
-    return name.strip(), value.strip()
-
-
-def phase_threshold(text: str) -> tuple[str, nagiosplugin.Range]:
-    from .check import PHASE_LABELS
-
-    label, sep, spec = text.partition("=")
-    if not sep or label not in PHASE_LABELS:
-        raise argparse.ArgumentTypeError(
-            f"expected LABEL=RANGE with LABEL one of {', '.join(PHASE_LABELS)}: {text!r}"
-        )
-    return label, nagios_range(spec)
-
-
-def policy_rule(text: str) -> Any:
-    from .policy import parse_policy_rule
-
-    try:
-        return parse_policy_rule(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{exc}: {text!r}") from None
-
-
-def nameserver(text: str) -> tuple[str, int]:
-    from .dnscheck import parse_nameserver
-
-    try:
-        return parse_nameserver(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected IP[:PORT] or [IPv6]:PORT: {text!r}") from None
 
 
 # -- the SMTP and IMAP family, written once ---------------------------------------------------------
@@ -216,6 +124,13 @@ class ServerFamily:
                 f"{self.password_env}{self.password_default})",
                 metavar="PATH",
                 env=self.password_env,
+            ),
+            Option(
+                (f"--{n}-auth",),
+                f"how the {t} login proves itself: password, or an OAuth2 access token with xoauth2 "
+                "(Microsoft 365, Google) or oauthbearer (RFC 7628) (default: --auth, else password)",
+                convert=choice(Mechanism),
+                metavar="{password,xoauth2,oauthbearer}",
             ),
         ]
 
@@ -295,6 +210,67 @@ def _groups() -> tuple[Group, ...]:
                     ("--insecure",),
                     "do not verify certificates or host names (said so in the output)",
                     kind=Kind.FLAG,
+                ),
+            ),
+        ),
+        Group(
+            "OAuth2 sign-in (with --auth, --smtp-auth or --imap-auth xoauth2/oauthbearer)",
+            (
+                Option(
+                    ("--auth",),
+                    "sign-in mechanism of both logins: password (default), xoauth2 or oauthbearer",
+                    convert=choice(Mechanism),
+                    metavar="{password,xoauth2,oauthbearer}",
+                ),
+                Option(
+                    ("--oauth-token-file",),
+                    f"file whose first line is the access token, refreshed by something else (or set "
+                    f"{OAUTH_TOKEN_ENV})",
+                    metavar="PATH",
+                    env=OAUTH_TOKEN_ENV,
+                ),
+                Option(
+                    ("--oauth-token-command",),
+                    "command that prints an access token on its first line; split like a shell's words, "
+                    "run without a shell, inside -t",
+                    metavar="CMD",
+                ),
+                Option(
+                    ("--oauth-provider",),
+                    "fill in the token URL and scope: microsoft (with --oauth-tenant) or google",
+                    convert=choice(Provider),
+                    metavar="{microsoft,google}",
+                ),
+                Option(
+                    ("--oauth-tenant",),
+                    "Microsoft Entra tenant (id or domain) for --oauth-provider microsoft",
+                    metavar="TENANT",
+                ),
+                Option(
+                    ("--oauth-token-url",),
+                    "token endpoint of the built-in grant (https only): client credentials, or refresh "
+                    "token with --oauth-refresh-token-file; the token is cached in the state directory",
+                    metavar="URL",
+                ),
+                Option(
+                    ("--oauth-client-id",), "client (application) id for the token endpoint", metavar="ID"
+                ),
+                Option(
+                    ("--oauth-client-secret-file",),
+                    f"file whose first line is the client secret (or set {OAUTH_CLIENT_SECRET_ENV})",
+                    metavar="PATH",
+                    env=OAUTH_CLIENT_SECRET_ENV,
+                ),
+                Option(
+                    ("--oauth-scope",),
+                    "scope to ask for (default: the provider's, else none)",
+                    metavar="SCOPE",
+                ),
+                Option(
+                    ("--oauth-refresh-token-file",),
+                    "file holding the refresh token (delegated access, Google); a new one the provider "
+                    "sends back is written to it",
+                    metavar="PATH",
                 ),
             ),
         ),

@@ -14,10 +14,17 @@ from collections.abc import Sequence
 from typing import TextIO
 
 LOGGER = "check_email_roundtrip"
+# Every secret text the run knows: set by the CLI, grown when a token arrives.
+_secrets: set[str] = set()
 TRACE = 5  # log level of the protocol trace (-vvv)
 logging.addLevelName(TRACE, "TRACE")
 _buffer = io.StringIO()
 _LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
+
+
+def register_secret(*texts: str) -> None:
+    """Mask these from now on (tokens obtained at run time, their base64 forms)."""
+    _secrets.update(text for text in texts if text)
 
 
 class MaskedOutput:
@@ -28,13 +35,13 @@ class MaskedOutput:
     long output, log lines, a traceback at -vvv), it is masked here.
     """
 
-    def __init__(self, stream: TextIO, secrets: Sequence[str]):
+    def __init__(self, stream: TextIO, secrets: Sequence[str] = ()):
         self.stream = stream
-        # longest first, so a secret containing another is masked whole
-        self.secrets = sorted((secret for secret in secrets if secret), key=len, reverse=True)
+        register_secret(*secrets)
 
     def mask(self, text: str) -> str:
-        for secret in self.secrets:
+        # longest first, so a secret containing another is masked whole
+        for secret in sorted(_secrets, key=len, reverse=True):
             text = text.replace(secret, "********")
         return text
 

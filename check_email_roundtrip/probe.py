@@ -12,12 +12,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from .deadline import Deadline
-from .errors import ProbeError, RunTimeout
+from .errors import LocalError, ProbeError, RunTimeout
 from .facts import (
     Arrival,
     Bounced,
@@ -33,6 +33,7 @@ from .facts import (
 from .imapsyntax import SearchKeys
 from .marker import MARKER_PATTERN, MARKER_PREFIX, new_marker
 from .memory import PendingProbe
+from .oauth import Keyring
 from .output import LOGGER, TRACE
 from .session import PhaseTimes, Trace
 from .settings import Endpoint, Settings
@@ -65,11 +66,12 @@ def _required(value: Any, what: str) -> Any:
 
 
 def _submit(
-    settings: Settings, deadline: Deadline, tls: TlsClient, marker: str, times: PhaseTimes
+    settings: Settings, deadline: Deadline, tls: TlsClient, keyring: Keyring, marker: str, times: PhaseTimes
 ) -> Submission:
     from .message import build_message
 
     smtp: Endpoint = _required(settings.smtp, "an SMTP server")
+    secret = keyring.secret(smtp.login) if smtp.login else None
     sender: str = _required(settings.envelope_from, "a sender")
     recipient: str = _required(settings.recipient, "a recipient")
     log.info("SMTP %s as %s, from %s to %s", smtp, smtp.user or "(no AUTH)", sender, recipient)
@@ -83,6 +85,7 @@ def _submit(
         deadline,
         times,
         trace=_tracer(settings),
+        secret=secret,
     )
     log.info("SMTP accepted: %s", submission.final_reply)
     # wall-clock times, to set against the servers' logs (and bench/'s)
@@ -111,13 +114,14 @@ def run_submit(settings: Settings, deadline: Deadline, pending: Sequence[Pending
     marker = new_marker()
     times = PhaseTimes()
     tls = TlsClient(settings.tls)
+    keyring = Keyring(deadline, tls)
     try:
-        submission = _submit(settings, deadline, tls, marker, times)
-        return SubmitResult(marker, SmtpTimings.of(times), submission)
-    except ProbeError as exc:
-        return SubmitResult(marker, SmtpTimings.of(times), error=exc)
+        submission = _submit(settings, deadline, tls, keyring, marker, times)
+        return SubmitResult(marker, SmtpTimings.of(times), submission, oauth_token=keyring.requested)
+    except (ProbeError, LocalError) as exc:
+        return SubmitResult(marker, SmtpTimings.of(times), error=exc, oauth_token=keyring.requested)
     except RunTimeout as exc:
-        return SubmitResult(marker, SmtpTimings.of(times), timeout=exc)
+        return SubmitResult(marker, SmtpTimings.of(times), timeout=exc, oauth_token=keyring.requested)
 
 
 @dataclass
@@ -137,8 +141,9 @@ class _Draft:
     lost: list[PendingProbe] = field(default_factory=list)
     deleted: bool | None = None
     purged: list[tuple[str, int]] = field(default_factory=list)
-    error: ProbeError | None = None
+    error: ProbeError | LocalError | None = None
     timeout: RunTimeout | None = None
+    oauth_token: float | None = None
 
     def freeze(self) -> RoundtripResult:
         names = {f.name for f in fields(RoundtripResult)}
@@ -160,17 +165,24 @@ def run_roundtrip(
     draft = _Draft(new_marker())
     log.info("marker %s", draft.marker)
     tls = TlsClient(settings.tls)
+    keyring = Keyring(deadline, tls)
     try:
-        _roundtrip(settings, deadline, tls, pending, draft)
-    except ProbeError as exc:
+        _roundtrip(settings, deadline, tls, keyring, pending, draft)
+    except (ProbeError, LocalError) as exc:
         draft.error = exc
     except RunTimeout as exc:
         draft.timeout = exc
+    draft.oauth_token = keyring.requested
     return draft.freeze()
 
 
 def _roundtrip(
-    settings: Settings, deadline: Deadline, tls: TlsClient, pending: Sequence[PendingProbe], draft: _Draft
+    settings: Settings,
+    deadline: Deadline,
+    tls: TlsClient,
+    keyring: Keyring,
+    pending: Sequence[PendingProbe],
+    draft: _Draft,
 ) -> None:
     from .imap import ImapSession
     from .watch import Watch, Watcher
@@ -186,7 +198,7 @@ def _roundtrip(
                     return session
             session = ImapSession(endpoint, deadline, tls, _tracer(settings))
             sessions.append(session)
-            session.open()
+            session.open(keyring.secret(_required(endpoint.login, "an IMAP login")))
             return session
 
         def watch(endpoint: Endpoint, folder: str, kind: WatchKind, writable: bool) -> Watch:
@@ -212,7 +224,7 @@ def _roundtrip(
             watches.append(watch(bounce.endpoint, bounce.folder, WatchKind.BOUNCE, False))
         watcher = Watcher(watches)
 
-        draft.submission = _submit(settings, deadline, tls, draft.marker, draft.smtp_times)
+        draft.submission = _submit(settings, deadline, tls, keyring, draft.marker, draft.smtp_times)
         sighting = watcher.wait(draft.marker, draft.submission.mail_from_at, settings.wait, deadline)
         log.info("IMAP searches: %d", watcher.searches)
         if sighting is None:
@@ -344,10 +356,12 @@ def run_poll(settings: Settings, deadline: Deadline, pending: Sequence[PendingPr
         criteria.describe(),
         since.strftime("%Y-%m-%d %H:%M:%S UTC"),
     )
-    session = ImapSession(imap, deadline, TlsClient(settings.tls), _tracer(settings))
+    tls = TlsClient(settings.tls)
+    keyring = Keyring(deadline, tls)
+    session = ImapSession(imap, deadline, tls, _tracer(settings))
     result = PollResult(since)
     try:
-        session.open()
+        session.open(keyring.secret(_required(imap.login, "an IMAP login")))
         session.open_folder(settings.imap_folder)
         # The date prefilter is the server's (SINCE has day granularity); the
         # day's earlier mail is dropped here by INTERNALDATE.
@@ -363,13 +377,13 @@ def run_poll(settings: Settings, deadline: Deadline, pending: Sequence[PendingPr
         log.info("%d matching since the start of that day, %d in the window", len(uids), len(dates))
         newest_age = max((now - max(dates)).total_seconds(), 0.0) if dates else None
         result = PollResult(since, _poll_timings(session), len(dates), newest_age)
-    except ProbeError as exc:
+    except (ProbeError, LocalError) as exc:
         result = PollResult(since, _poll_timings(session), error=exc)
     except RunTimeout as exc:
         result = PollResult(since, _poll_timings(session), timeout=exc)
     finally:
         session.close()
-    return result
+    return replace(result, oauth_token=keyring.requested)
 
 
 def _poll_timings(session: ImapSession) -> ImapTimings:

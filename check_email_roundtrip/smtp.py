@@ -21,6 +21,7 @@ smtplib is used through its public API: we hand it a connected socket and a
 
 from __future__ import annotations
 
+import base64
 import smtplib
 import socket
 import time
@@ -28,10 +29,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, cast
 
-from .credentials import Login, Mechanism
+from . import sasl
+from .credentials import Login, Mechanism, Secret
 from .deadline import Deadline
 from .errors import Phase, ProbeError
 from .net import connection_error
+from .output import register_secret
 from .session import PhaseTimes, Session, Trace, Wire
 from .settings import Endpoint, Security
 from .tls import TlsClient
@@ -89,14 +92,51 @@ class _Client(smtplib.SMTP):
         super().send(s)
 
 
-def _password(client: _Client, login: Login) -> None:
-    client.login(login.user, login.credential.secret.reveal())
+def _password(session: SmtpSession, login: Login, secret: str) -> None:
+    session.client.login(login.user, secret)
 
 
-# One entry per sign-in mechanism: how SMTP proves a login.
-SIGN_IN: dict[Mechanism, Callable[[_Client, Login], None]] = {
+def _oauth2(session: SmtpSession, login: Login, token: str) -> None:
+    """XOAUTH2 or OAUTHBEARER through smtplib's public auth(): the initial
+    response on the AUTH line when it fits, else after the server's empty
+    334; a failure challenge is kept (for the error) and answered as the
+    mechanism requires, so that the server's final reply arrives."""
+    mechanism, name = login.mechanism, login.mechanism.value.upper()
+    offered = session.client.esmtp_features.get("auth", "").upper().split()
+    if name not in offered:
+        raise ProbeError(
+            Phase.SMTP_AUTH, f"unavailable: the server offers no {name} (offers {' '.join(offered)})"
+        )
+    endpoint = session.endpoint
+    response = sasl.initial_response(mechanism, login.user, token, endpoint.host, endpoint.port)
+    register_secret(base64.b64encode(response.encode()).decode())
+    sent = False
+
+    def answer(challenge: bytes | None = None) -> str:
+        nonlocal sent
+        if not sent and not challenge:  # the AUTH line, or the server's empty 334
+            sent = True
+            return response
+        session.challenge = challenge or b""
+        return sasl.failure_answer(mechanism)
+
+    session.client.auth(name, answer, initial_response_ok=sasl.fits_on_auth_line(mechanism, response))
+
+
+# One entry per sign-in mechanism: how SMTP proves a login with its secret.
+SIGN_IN: dict[Mechanism, Callable[[SmtpSession, Login, str], None]] = {
     Mechanism.PASSWORD: _password,
+    Mechanism.XOAUTH2: _oauth2,
+    Mechanism.OAUTHBEARER: _oauth2,
 }
+
+# Replies that mean "this account may not sign in with a password any more",
+# and what to do instead.
+PASSWORD_REFUSALS = (
+    ("5.7.139", "basic authentication is off for this account: sign in with OAuth2, --smtp-auth xoauth2"),
+    ("5.7.30", "basic authentication is off for this account: sign in with OAuth2, --smtp-auth xoauth2"),
+    ("5.7.9", "the provider wants an app password or OAuth2 (--smtp-auth xoauth2)"),
+)
 
 
 class SmtpSession(Session):
@@ -108,6 +148,7 @@ class SmtpSession(Session):
     ):
         super().__init__(endpoint, deadline, tls, trace)
         self.client = _Client(self, helo_name)
+        self.challenge: bytes | None = None  # a token mechanism's failure challenge
 
     def current_socket(self) -> socket.socket | None:
         return self.client.sock
@@ -157,7 +198,7 @@ class SmtpSession(Session):
             self.client.file = Wire(cast(socket.socket, self.client.sock), self)
             self._ehlo(Phase.SMTP_STARTTLS)
 
-    def authenticate(self, login: Login) -> None:
+    def authenticate(self, login: Login, secret: Secret) -> None:
         with self.phase(Phase.SMTP_AUTH, "auth"):
             if not self.client.has_extn("auth"):
                 raise ProbeError(
@@ -167,11 +208,9 @@ class SmtpSession(Session):
                 )
             try:
                 with self.hiding_sent("<AUTH exchange hidden>"):
-                    SIGN_IN[login.mechanism](self.client, login)
+                    SIGN_IN[login.mechanism](self, login, secret.reveal())
             except smtplib.SMTPAuthenticationError as exc:
-                raise ProbeError(
-                    Phase.SMTP_AUTH, refusal(exc.smtp_code), exc.smtp_code, reply_text(exc.smtp_error)
-                ) from None
+                raise self._auth_refused(login, exc.smtp_code, reply_text(exc.smtp_error)) from None
             except smtplib.SMTPNotSupportedError:
                 raise ProbeError(Phase.SMTP_AUTH, "unavailable: the server offers no AUTH") from None
             except smtplib.SMTPException as exc:
@@ -183,6 +222,17 @@ class SmtpSession(Session):
                 ) from None
             except UnicodeEncodeError:
                 raise ProbeError(Phase.SMTP_AUTH, "impossible: user name or password is not ASCII") from None
+
+    def _auth_refused(self, login: Login, code: int, text: str) -> ProbeError:
+        """The refusal, with a token mechanism's decoded challenge, and for a
+        password refused as such, what to do instead."""
+        reason = refusal(code)
+        if self.challenge is not None:
+            text += sasl.challenge_note(login.mechanism, self.challenge)
+        elif not login.mechanism.is_oauth:
+            hint = next((hint for marker, hint in PASSWORD_REFUSALS if marker in text), None)
+            reason += f" ({hint})" if hint else ""
+        return ProbeError(Phase.SMTP_AUTH, reason, code, text)
 
     def submit(
         self, envelope_from: str, recipients: Sequence[str], message: Callable[[], bytes]
@@ -249,6 +299,7 @@ def submit_message(
     deadline: Deadline,
     times: PhaseTimes,
     trace: Trace | None = None,
+    secret: Secret | None = None,
 ) -> Submission:
     """Run one SMTP submission; raise ProbeError on the first failing phase.
     ``times`` gets each completed phase's bucket, and ``total`` at the end."""
@@ -260,7 +311,9 @@ def submit_message(
         if endpoint.security is Security.STARTTLS:
             session.starttls()
         if endpoint.login is not None:
-            session.authenticate(endpoint.login)
+            if secret is None:
+                raise RuntimeError("a login without its secret")
+            session.authenticate(endpoint.login, secret)
         submission = session.submit(envelope_from, recipients, message)
         session.quit()
         times.add("total", time.monotonic() - started)

@@ -57,28 +57,31 @@ class TlsClient:
 
     def __init__(self, config: TlsConfig):
         self.config = config
-        self._context: ssl.SSLContext | None = None
+        self._contexts: dict[bool, ssl.SSLContext] = {}
         self.handshakes: list[Handshake] = []
 
-    def context(self) -> ssl.SSLContext:
-        if self._context is None:
+    def context(self, verify: bool = False) -> ssl.SSLContext:
+        """The context for the mail servers (unverified with --insecure), or
+        with ``verify`` one that always verifies (the token endpoint)."""
+        verified = verify or not self.config.insecure
+        if verified not in self._contexts:
             context = ssl.create_default_context()
             if self.config.ca_file:
                 context.load_verify_locations(cafile=self.config.ca_file)
-            if self.config.insecure:
+            if not verified:
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
-            self._context = context
-        return self._context
+            self._contexts[verified] = context
+        return self._contexts[verified]
 
     def handshake(
-        self, sock: socket.socket, protocol: str, host: str, port: int, phase: Phase
+        self, sock: socket.socket, protocol: str, host: str, port: int, phase: Phase, verify: bool = False
     ) -> ssl.SSLSocket:
         """TLS on a connected socket, verified against ``host``; a failure is a
         ProbeError naming ``phase`` and the cause (the socket is then closed)."""
         started = time.monotonic()
         try:
-            tls = self.context().wrap_socket(sock, server_hostname=host)
+            tls = self.context(verify).wrap_socket(sock, server_hostname=host)
         except (OSError, ssl.SSLError) as exc:
             timeout = sock.gettimeout() or 0.0
             sock.close()
@@ -92,25 +95,28 @@ class TlsClient:
                 version=tls.version() or "",
                 cipher=cipher[0] if cipher else "",
                 seconds=time.monotonic() - started,
-                verified=not self.config.insecure,
+                verified=verify or not self.config.insecure,
                 certificate=tls.getpeercert(binary_form=True),
             )
         )
         return tls
 
-    def for_starttls(self, protocol: str, host: str, port: int, phase: Phase) -> ssl.SSLContext:
-        """A stand-in for an SSLContext, for smtplib's and imaplib's starttls():
-        they call nothing on it but wrap_socket."""
-        return cast(ssl.SSLContext, _StarttlsContext(self, protocol, host, port, phase))
+    def for_starttls(
+        self, protocol: str, host: str, port: int, phase: Phase, verify: bool = False
+    ) -> ssl.SSLContext:
+        """A stand-in for an SSLContext, for smtplib's and imaplib's starttls()
+        and http.client: they call nothing on it but wrap_socket."""
+        return cast(ssl.SSLContext, _StarttlsContext(self, protocol, host, port, phase, verify))
 
 
 class _StarttlsContext:
     """Has the one method smtplib/imaplib ``starttls`` call on a context."""
 
-    def __init__(self, client: TlsClient, protocol: str, host: str, port: int, phase: Phase):
+    def __init__(self, client: TlsClient, protocol: str, host: str, port: int, phase: Phase, verify: bool):
         self.client, self.protocol, self.host, self.port, self.phase = client, protocol, host, port, phase
+        self.verify = verify
 
     def wrap_socket(self, sock: socket.socket, **_ignored: Any) -> ssl.SSLSocket:
         # server_hostname is ignored on purpose: the name verified is the one
         # the user gave, whatever the stdlib client remembers.
-        return self.client.handshake(sock, self.protocol, self.host, self.port, self.phase)
+        return self.client.handshake(sock, self.protocol, self.host, self.port, self.phase, self.verify)

@@ -17,17 +17,21 @@ sys.path.insert(0, os.path.dirname(HERE))
 from check_email_roundtrip.options import (  # noqa: E402
     BOUNCE_PASSWORD_ENV,
     IMAP_PASSWORD_ENV,
+    OAUTH_CLIENT_SECRET_ENV,
+    OAUTH_TOKEN_ENV,
     SMTP_PASSWORD_ENV,
     Kind,
     all_options,
 )
 
 PREFIX = "email_roundtrip_"
-# Passwords go through the environment, never the command line (ps shows it).
+# Secrets go through the environment, never the command line (ps shows it).
 ENV = {
     SMTP_PASSWORD_ENV: "smtp_password",
     IMAP_PASSWORD_ENV: "imap_password",
     BOUNCE_PASSWORD_ENV: "bounce_password",
+    OAUTH_TOKEN_ENV: "oauth_token",
+    OAUTH_CLIENT_SECRET_ENV: "oauth_client_secret",
 }
 # Longer than the plugin's own default budget (-t: --wait 305 s + 30 s), so
 # that the plugin, not Icinga, reports a hang with its stage.
@@ -104,9 +108,10 @@ def readme() -> str:
         "the plugin with its stage, not killed by Icinga. Set the service's",
         "`check_timeout` when you lower `email_roundtrip_critical` and `email_roundtrip_timeout`.",
         "",
-        "Passwords: set `email_roundtrip_smtp_password` (and `_imap_password`,",
-        "`_bounce_password`) and they reach the plugin as environment variables, never",
-        "on its command line; or use the `*_password_file` variables.",
+        "Secrets: set `email_roundtrip_smtp_password` (and `_imap_password`,",
+        "`_bounce_password`, `_oauth_token`, `_oauth_client_secret`) and they reach the",
+        "plugin as environment variables, never on its command line; or use the",
+        "`*_file` variables.",
         "",
         "| variable | Optional/Required | default | description |",
         "|---|---|---|---|",

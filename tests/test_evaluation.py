@@ -53,7 +53,10 @@ def test_ok_round_trip_has_every_label_and_thresholds():
     assert check.state == Ok
     assert check.summary_str == "round trip 0.142 s (INBOX, queued as 4ABC)"
     data = perfdata(check)
-    assert set(data) == set(SECONDS_LABELS) - {"age"}  # age is poll mode's
+    assert set(data) == set(SECONDS_LABELS) - {
+        "age",
+        "oauth_token",
+    }  # poll mode's; only when a token was fetched
     assert data["roundtrip"] == "0.142s;60;300;0"
     assert data["smtp_connect"] == "0.01s;2;;0"  # 3 decimals
     assert data["imap_retrieval"] == "0.022s;3;;0"
