@@ -6,11 +6,13 @@ and exit 3 instead.
 """
 
 import sys
+import time
 
 PACKAGE = __name__.split(".")[0]
 
 
 def main() -> None:
+    started = time.monotonic()  # -t counts from here: Python's start-up is ours to pay
     try:
         from .cli import main as cli_main
     except ImportError as exc:
@@ -21,7 +23,7 @@ def main() -> None:
             )
             sys.exit(3)
         raise
-    cli_main()
+    cli_main(started=started)
 
 
 if __name__ == "__main__":

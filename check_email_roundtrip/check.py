@@ -107,8 +107,8 @@ def metrics(
         yield Metric("configuration", settings.config_warnings, context="configuration")
     if result.error is not None:
         yield Metric("failure", result.error, context="failure")
-    if result.timeout is not None:
-        yield Metric("timeout", result.timeout, context="timeout")
+    if result.stopped is not None:
+        yield Metric("stopped", result.stopped, context="stopped")
     if isinstance(result, RoundtripResult):
         yield from _roundtrip_metrics(result)
     if isinstance(result, PollResult) and result.matches is not None:
@@ -212,7 +212,7 @@ def fact_contexts(settings: Settings) -> list[nagiosplugin.Context]:
         # a fact about the service is CRITICAL; a failure on our side (a token
         # command, a token file) is UNKNOWN
         FactContext("failure", lambda e: Unknown if isinstance(e, LocalError) else Critical),
-        FactContext("timeout", _always(Unknown)),
+        FactContext("stopped", _always(Unknown)),
         FactContext(
             "delivery",
             _always(Critical),

@@ -17,12 +17,13 @@ import sys
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn, TextIO, cast
+from typing import Any, NoReturn
 
 from .converters import nagios_range
 from .credentials import Login, Mechanism, Password, TokenSource
-from .errors import RunTimeout
+from .errors import Stopped
 from .logins import login_for, read_password, token_source
+from .mask import register_secret
 from .memory import default_state_file, state_directory
 from .options import (
     BOUNCE_PASSWORD_ENV,
@@ -39,7 +40,7 @@ from .options import (
     UsageError,
     build_parser,
 )
-from .output import LOGGER, MaskedOutput, configure_logging, log_lines
+from .output import LOGGER, configure_logging, log_lines
 from .policy import AuthPolicy
 from .render import SERVICE, nagios_text, one_line
 from .settings import (
@@ -294,6 +295,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         wait=wait,
         timeout=timeout,
         verbose=min(args.verbose, 3),
+        step_timeout=args.step_timeout,
         verdicts=_verdicts(args),
         memory=_memory(args, imap),
         elsewhere=_elsewhere(args, imap, secrets),
@@ -337,6 +339,7 @@ def effective_settings(settings: Settings) -> list[str]:
     rows += [
         ("--wait", f"{settings.wait:g}"),
         ("--timeout", f"{settings.timeout:g}"),
+        ("--step-timeout", f"{settings.step_timeout:g}"),
         ("--state-file", settings.memory.state_file),
         ("--lost-after", f"{settings.memory.lost_after:g}"),
         ("--escalate-after", settings.memory.escalate_after),
@@ -374,19 +377,19 @@ def _unknown(text: str) -> NoReturn:
     sys.exit(UNKNOWN)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, started: float | None = None) -> None:
     verbose = 0
     try:
         settings = parse_settings(argv)
         verbose = settings.verbose
-        sys.stdout = cast(TextIO, MaskedOutput(sys.stdout, settings.secrets()))
+        register_secret(*settings.secrets())
         configure_logging(verbose)
         log = logging.getLogger(LOGGER)
         for line in effective_settings(settings):
             log.debug("%s", line)
         from .run import run_check
 
-        report = run_check(settings)
+        report = run_check(settings, started)
         sys.stdout.write(nagios_text(report, verbose, log_lines()))
         sys.stdout.flush()
         sys.exit(report.exit_code)
@@ -396,7 +399,7 @@ def main(argv: list[str] | None = None) -> None:
         _unknown("interrupted")
     except SystemExit:
         raise
-    except RunTimeout as exc:  # -t striking outside the probe
+    except Stopped as exc:  # -t or SIGTERM striking outside the probe
         _unknown(str(exc))
     except BaseException as exc:  # a bug of ours
         print(f"{SERVICE} UNKNOWN - {one_line(f'{exc.__class__.__name__}: {exc}')}")

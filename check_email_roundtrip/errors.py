@@ -13,6 +13,8 @@ imaplib's) can swallow the end of the ``-t`` budget.
 import enum
 from typing import Optional
 
+from .mask import mask
+
 
 class Phase(enum.Enum):
     """Every stage a probe can fail in.  The value is how the output names it."""
@@ -35,6 +37,7 @@ class Phase(enum.Enum):
     IMAP_SELECT = "IMAP SELECT"
     IMAP_SEARCH = "IMAP SEARCH"
     IMAP_FETCH = "IMAP FETCH"
+    IMAP_LOGOUT = "IMAP LOGOUT"
     DELIVERY = "waiting for delivery"
 
     def __str__(self) -> str:
@@ -59,7 +62,8 @@ class ProbeError(Exception):
         self.phase = phase
         self.reason = reason
         self.code = code
-        self.server_text = " ".join(server_text.split())  # one line, always
+        # one line, always; and whatever of ours the server quoted back, masked
+        self.server_text = mask(" ".join(server_text.split()))
         super().__init__(str(self))
 
     @property
@@ -78,17 +82,50 @@ class LocalError(Exception):
 
     def __init__(self, phase: Phase, text: str):
         self.phase = phase
-        self.text = " ".join(text.split())
+        self.text = mask(" ".join(text.split()))  # a command's stderr may quote a token
         super().__init__(str(self))
 
     def __str__(self) -> str:
         return f"{self.phase}: {self.text}"
 
 
-class RunTimeout(BaseException):
+class Stopped(BaseException):
+    """The run was stopped from outside before it finished: UNKNOWN, naming
+    the stage.  A BaseException, so that no ``except Exception`` anywhere
+    (ours, smtplib's or imaplib's) can swallow it."""
+
+    def __init__(self, stage: Phase, text: str):
+        self.stage = stage
+        super().__init__(text)
+
+
+class RunTimeout(Stopped):
     """The ``-t`` budget ran out; ``stage`` says what the probe was doing."""
 
     def __init__(self, stage: Phase, budget: float):
-        self.stage = stage
         self.budget = budget
-        super().__init__(f"timeout: -t {budget:g} s reached during {stage}")
+        super().__init__(stage, f"timeout: -t {budget:g} s reached during {stage}")
+
+
+class Interrupted(Stopped):
+    """SIGTERM (a scheduler giving up on us): say so and keep what we know."""
+
+    def __init__(self, stage: Phase, signal_name: str):
+        super().__init__(stage, f"terminated by {signal_name} during {stage}")
+
+
+class StepExpired(TimeoutError):
+    """A step did not finish within its limit although the server kept
+    talking (a reply that never ends, a dripping literal)."""
+
+    def __init__(self, seconds: float, what: str = "the reply did not end"):
+        self.seconds = seconds
+        super().__init__(f"{what} within {seconds:.1f} s")
+
+
+class OverLimit(OSError):
+    """The server sent more than a real server ever needs: the client's own
+    limit, said as ours, not as if the server had said it."""
+
+    def __init__(self, what: str, limit: int):
+        super().__init__(f"{what} exceeded the client's limit of {limit} bytes")

@@ -4,7 +4,7 @@ The probe (``probe.py``) returns one of :class:`SubmitResult`,
 :class:`RoundtripResult` or :class:`PollResult`; the nagiosplugin layer and
 the renderers read them and never change them.  A result that ``stopped``
 carries the :class:`~.errors.ProbeError` (a fact about the service) or the
-:class:`~.errors.RunTimeout` (the ``-t`` budget ran out) that ended the run;
+:class:`~.errors.Stopped` (the ``-t`` budget ran out, or SIGTERM) that ended the run;
 its timings then hold the phases that did complete.
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Union
 
-from .errors import LocalError, ProbeError, RunTimeout
+from .errors import LocalError, ProbeError, Stopped
 from .memory import PendingProbe
 from .session import PhaseTimes
 from .smtp import Submission
@@ -110,7 +110,7 @@ class SubmitResult:
     smtp: SmtpTimings
     submission: Submission | None = None
     error: ProbeError | LocalError | None = None
-    timeout: RunTimeout | None = None
+    stopped: Stopped | None = None  # -t ran out, or SIGTERM
     oauth_token: float | None = None  # seconds spent getting an access token, when one was requested
 
 
@@ -129,7 +129,7 @@ class RoundtripResult:
     lost: tuple[PendingProbe, ...] = ()  # earlier runs' probes now counted lost
     housekeeping: Housekeeping = Housekeeping()
     error: ProbeError | LocalError | None = None
-    timeout: RunTimeout | None = None
+    stopped: Stopped | None = None  # -t ran out, or SIGTERM
     oauth_token: float | None = None  # seconds spent getting an access token, when one was requested
 
     @property
@@ -144,7 +144,7 @@ class PollResult:
     matches: int | None = None  # messages matching in the window
     newest_age: float | None = None  # seconds since the newest match arrived (INTERNALDATE)
     error: ProbeError | LocalError | None = None
-    timeout: RunTimeout | None = None
+    stopped: Stopped | None = None  # -t ran out, or SIGTERM
     oauth_token: float | None = None  # seconds spent getting an access token, when one was requested
 
 

@@ -28,16 +28,14 @@ from .credentials import Login, Mechanism, Secret
 from .deadline import Deadline
 from .errors import Phase, ProbeError
 from .imapsyntax import ImapSyntaxError, SearchKeys, decode_mailbox, parse_internaldate, quote_mailbox
+from .mask import register_secret
 from .net import connection_error
-from .output import register_secret
 from .session import Session, Trace
 from .settings import Endpoint, Security
 from .tls import TlsClient
 
 # Largest part of a message the probe reads whole (a bounce, to read its DSN).
 BOUNCE_READ_LIMIT = 256 * 1024
-# Longest reply line read at once (imaplib's own limit is 1,000,000).
-_MAX_LINE = 1_000_000
 
 
 def _text(data: Any) -> str:
@@ -66,7 +64,7 @@ class _Client(imaplib.IMAP4):
     # imaplib reads every reply through these two (its documentation invites
     # overriding them): they pass the session, whatever socket is current.
     def readline(self) -> bytes:
-        return self.session.read_line(cast(BinaryIO, self.file), _MAX_LINE)
+        return self.session.read_line(cast(BinaryIO, self.file))
 
     def read(self, size: int) -> bytes:
         return self.session.read_bytes(cast(BinaryIO, self.file), size)
@@ -93,7 +91,7 @@ def _oauth2(session: ImapSession, login: Login, token: str) -> None:
         )
     endpoint = session.endpoint
     response = sasl.initial_response(mechanism, login.user, token, endpoint.host, endpoint.port)
-    register_secret(base64.b64encode(response.encode()).decode())
+    register_secret(base64.b64encode(response.encode()).decode(), encoded=True)
     sent = False
 
     def answer(challenge: bytes) -> bytes:
@@ -116,9 +114,19 @@ SIGN_IN: dict[Mechanism, tuple[Callable[[ImapSession, Login, str], None], Phase,
 }
 
 
+# Longest wait for the server's goodbye (LOGOUT); the grace after -t is shorter.
+GOODBYE = 2.0
+
+
 class ImapSession(Session):
     protocol = "IMAP"
     security_option = "--imap-security"
+    # A SEARCH answer for a big folder (purge, late probes) is one long line,
+    # a LIST of many folders many lines; a header block or a bounce's first
+    # 256 KiB a literal.  Far beyond that is a broken or hostile server.
+    line_limit = 1024 * 1024
+    reply_limit = 4 * 1024 * 1024
+    literal_limit = 4 * 1024 * 1024
 
     def __init__(self, endpoint: Endpoint, deadline: Deadline, tls: TlsClient, trace: Trace | None):
         super().__init__(endpoint, deadline, tls, trace)
@@ -324,15 +332,21 @@ class ImapSession(Session):
         return True
 
     def close(self) -> None:
-        """LOGOUT, briefly: the result is known, a slow goodbye does not change it."""
+        """LOGOUT, briefly: the result is known, a slow (or endless) goodbye
+        does not change it.  At most GOODBYE seconds, the grace after -t."""
         if self._client is None:
             return
-        client, self._client = self._client, None
         try:
-            client.sock.settimeout(min(self.deadline.socket_timeout(), 2.0))
-            client.logout()
-        except (imaplib.IMAP4.error, OSError, EOFError):
+            with self.phase(Phase.IMAP_LOGOUT, limit=GOODBYE):
+                self._client.logout()
+        except ProbeError:
             pass
+        finally:
+            try:
+                self._client.shutdown()
+            except (OSError, ValueError):
+                pass
+            self._client = None
 
     # -- helpers ---------------------------------------------------------------------------
     def _uid(self, phase: Phase, command: str, *args: str) -> list[Any]:

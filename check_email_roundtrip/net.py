@@ -7,24 +7,75 @@ both are CRITICAL, but they send the admin to different places.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import ssl
+import threading
+import time
+from typing import Any
 
-from .errors import Phase, ProbeError
+from .errors import OverLimit, Phase, ProbeError, StepExpired
 
 
-def connect_tcp(host: str, port: int, timeout: float, phase: Phase) -> socket.socket:
-    """Resolve ``host`` and connect to the first address that answers."""
+def resolve(host: str, port: int, timeout: float, phase: Phase, family: int = socket.AF_UNSPEC) -> list[Any]:
+    """getaddrinfo, bounded: the C resolver has no timeout of its own, so it
+    runs in a thread we stop waiting for (a literal address needs none)."""
+
+    def lookup() -> list[Any]:
+        return socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+
     try:
-        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        if _is_address(host):
+            return lookup()
+        outcome: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                outcome["addresses"] = lookup()
+            except Exception as exc:  # noqa: BLE001 - handed to the caller below
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=work, name="resolve", daemon=True)
+        worker.start()
+        worker.join(timeout)
+        if worker.is_alive():
+            raise ProbeError(
+                phase,
+                f"failed: cannot resolve host name {host}: no answer from the resolver "
+                f"within {timeout:.1f} s",
+            )
+        if "error" in outcome:
+            raise outcome["error"]
+        return list(outcome["addresses"])
     except socket.gaierror as exc:
         raise ProbeError(phase, f"failed: cannot resolve host name {host} ({exc.strerror})") from None
     except UnicodeError:
         raise ProbeError(phase, f"failed: invalid host name {host!r}") from None
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+        return True
+    except ValueError:
+        return False
+
+
+def connect_tcp(
+    host: str, port: int, timeout: float, phase: Phase, family: int = socket.AF_UNSPEC
+) -> socket.socket:
+    """Resolve ``host`` and connect to the first address that answers, all
+    within ``timeout``."""
+    ends = time.monotonic() + timeout
+    addresses = resolve(host, port, timeout, phase, family)
     last_error: OSError | None = None
-    for family, socktype, proto, _, address in addresses:
-        sock = socket.socket(family, socktype, proto)
-        sock.settimeout(timeout)
+    for family_, socktype, proto, _, address in addresses:
+        left = ends - time.monotonic()
+        if left <= 0:
+            last_error = socket.timeout("timed out")
+            break
+        sock = socket.socket(family_, socktype, proto)
+        sock.settimeout(left)
         try:
             sock.connect(address)
             return sock
@@ -39,6 +90,8 @@ def connection_error(
 ) -> ProbeError:
     """A socket-level failure as a ProbeError that names the cause."""
     where = f"to {host}:{port}"
+    if isinstance(exc, (StepExpired, OverLimit)):
+        return ProbeError(phase, f"{where} failed: {exc}")
     if isinstance(exc, ConnectionRefusedError):
         return ProbeError(phase, f"{where} refused (nothing listening?)")
     if isinstance(exc, socket.timeout):

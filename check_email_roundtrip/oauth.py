@@ -38,8 +38,8 @@ from .credentials import Login, Password, Secret, StaticToken, TokenCommand, Tok
 from .deadline import Deadline
 from .errors import LocalError, Phase, ProbeError
 from .files import FileLock, read_private, write_private
+from .mask import register_secret
 from .net import connection_error
-from .output import register_secret
 from .tls import TlsClient
 
 # Largest answer read from a token endpoint or a token command.

@@ -30,6 +30,7 @@ from .converters import (
     whole_number,
 )
 from .credentials import Mechanism
+from .deadline import DEFAULT_STEP_TIMEOUT
 from .providers import Provider
 from .settings import Level, Mode, Security
 
@@ -336,6 +337,15 @@ def _groups() -> tuple[Group, ...]:
                     "reached the plugin exits UNKNOWN naming the stage",
                     convert=seconds,
                     metavar="SECONDS",
+                ),
+                Option(
+                    ("--step-timeout",),
+                    f"seconds for each network step (resolve, connect, TLS handshake, one command and its "
+                    f"reply, the token request), never more than what is left of -t (default "
+                    f"{DEFAULT_STEP_TIMEOUT:g})",
+                    convert=seconds,
+                    metavar="SECONDS",
+                    default=DEFAULT_STEP_TIMEOUT,
                 ),
             ),
         ),

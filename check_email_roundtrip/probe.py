@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from .deadline import Deadline
-from .errors import LocalError, ProbeError, RunTimeout
+from .errors import LocalError, ProbeError, Stopped
 from .facts import (
     Arrival,
     Bounced,
@@ -32,6 +32,7 @@ from .facts import (
 )
 from .imapsyntax import SearchKeys
 from .marker import MARKER_PATTERN, MARKER_PREFIX, new_marker
+from .mask import mask
 from .memory import PendingProbe
 from .oauth import Keyring
 from .output import LOGGER, TRACE
@@ -87,7 +88,7 @@ def _submit(
         trace=_tracer(settings),
         secret=secret,
     )
-    log.info("SMTP accepted: %s", submission.final_reply)
+    log.info("SMTP accepted: %s", mask(submission.final_reply))
     # wall-clock times, to set against the servers' logs (and bench/'s)
     log.debug("MAIL FROM sent at %s", _iso(submission.mail_from_wall))
     if submission.data_wall is not None:
@@ -120,8 +121,8 @@ def run_submit(settings: Settings, deadline: Deadline, pending: Sequence[Pending
         return SubmitResult(marker, SmtpTimings.of(times), submission, oauth_token=keyring.requested)
     except (ProbeError, LocalError) as exc:
         return SubmitResult(marker, SmtpTimings.of(times), error=exc, oauth_token=keyring.requested)
-    except RunTimeout as exc:
-        return SubmitResult(marker, SmtpTimings.of(times), timeout=exc, oauth_token=keyring.requested)
+    except Stopped as exc:
+        return SubmitResult(marker, SmtpTimings.of(times), stopped=exc, oauth_token=keyring.requested)
 
 
 @dataclass
@@ -142,7 +143,7 @@ class _Draft:
     deleted: bool | None = None
     purged: list[tuple[str, int]] = field(default_factory=list)
     error: ProbeError | LocalError | None = None
-    timeout: RunTimeout | None = None
+    stopped: Stopped | None = None  # -t ran out, or SIGTERM
     oauth_token: float | None = None
 
     def freeze(self) -> RoundtripResult:
@@ -170,8 +171,8 @@ def run_roundtrip(
         _roundtrip(settings, deadline, tls, keyring, pending, draft)
     except (ProbeError, LocalError) as exc:
         draft.error = exc
-    except RunTimeout as exc:
-        draft.timeout = exc
+    except Stopped as exc:
+        draft.stopped = exc
     draft.oauth_token = keyring.requested
     return draft.freeze()
 
@@ -379,8 +380,8 @@ def run_poll(settings: Settings, deadline: Deadline, pending: Sequence[PendingPr
         result = PollResult(since, _poll_timings(session), len(dates), newest_age)
     except (ProbeError, LocalError) as exc:
         result = PollResult(since, _poll_timings(session), error=exc)
-    except RunTimeout as exc:
-        result = PollResult(since, _poll_timings(session), timeout=exc)
+    except Stopped as exc:
+        result = PollResult(since, _poll_timings(session), stopped=exc)
     finally:
         session.close()
     return replace(result, oauth_token=keyring.requested)

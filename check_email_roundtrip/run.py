@@ -23,10 +23,11 @@ Probe = Callable[[Settings, Deadline, Sequence[PendingProbe]], ProbeResult]
 PROBES: dict[Mode, Probe] = {Mode.ROUNDTRIP: run_roundtrip, Mode.SUBMIT: run_submit, Mode.POLL: run_poll}
 
 
-def run_check(settings: Settings) -> Report:
+def run_check(settings: Settings, started: float | None = None) -> Report:
+    """``started``: when the process started (time.monotonic()); -t counts from there."""
     state = StateFile(settings.memory.state_file) if settings.memory.state_file else None
     pending = state.read().pending if state else []
-    with Deadline(settings.timeout) as deadline:
+    with Deadline(settings.timeout, started, settings.step_timeout) as deadline:
         result = PROBES[settings.mode](settings, deadline, pending)
     memory = remember(state, result, settings) if state else None
     return evaluate(settings, result, memory)

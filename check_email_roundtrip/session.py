@@ -21,19 +21,27 @@ hidden.
 
 from __future__ import annotations
 
+import select
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import BinaryIO, Callable, ClassVar
 
-from .deadline import Deadline
-from .errors import Phase, ProbeError
+from .deadline import MIN_SOCKET_TIMEOUT, Deadline
+from .errors import OverLimit, Phase, ProbeError, StepExpired
+from .mask import mask
 from .net import connect_tcp, connection_error
 from .settings import Endpoint, Security
 from .tls import TlsClient
 
 Trace = Callable[[str], None]
+# How long a plain-text client waits for a greeting before it looks whether
+# the port speaks TLS (an implicit-TLS port spoken to in plain text stays
+# silent, waiting for our handshake), and how long that look may take.
+GREETING_PATIENCE = 3.0
+TLS_LOOK = 3.0
 # Longest line of the protocol trace; the rest is elided.
 TRACE_LINE_LIMIT = 300
 
@@ -61,7 +69,8 @@ class Wire:
         self._session = session
 
     def readline(self, limit: int = -1) -> bytes:
-        return self._session.read_line(self._file, limit)
+        # the session's line limit is below smtplib's (8193)
+        return self._session.read_line(self._file)
 
     def read(self, size: int) -> bytes:
         return self._session.read_bytes(self._file, size)
@@ -76,6 +85,11 @@ class Session:
     protocol: ClassVar[str] = "?"
     # the option that fixes a TLS mismatch on this protocol's port
     security_option: ClassVar[str] = "--?-security"
+    # What a real server never exceeds (the client's own limits, in bytes): one
+    # reply line, everything read in answer to one command, one literal.
+    line_limit: ClassVar[int] = 8192
+    reply_limit: ClassVar[int] = 64 * 1024
+    literal_limit: ClassVar[int] = 4 * 1024 * 1024
 
     def __init__(self, endpoint: Endpoint, deadline: Deadline, tls: TlsClient, trace: Trace | None):
         self.endpoint = endpoint
@@ -83,18 +97,20 @@ class Session:
         self.tls = tls
         self.trace = trace
         self.times = PhaseTimes()
-        self.timeout = deadline.socket_timeout()  # the current step's, for "no answer within"
+        self.step_end = deadline.step_ends()  # when the current step must be over
+        self.timeout = self.step_end - time.monotonic()  # the current step's length, for "no answer within"
         self.last_seconds = 0.0  # how long the last completed phase took
         self._hidden: str | None = None  # what the trace shows instead of sent lines
+        self._reply_bytes = 0  # read since the last command was sent
+        self._step_limit: float | None = None  # the current phase's cap on its steps
 
     # -- phases ---------------------------------------------------------------------
     @contextmanager
-    def phase(self, phase: Phase, bucket: str | None = None) -> Iterator[None]:
+    def phase(self, phase: Phase, bucket: str | None = None, limit: float | None = None) -> Iterator[None]:
+        """One step: ``limit`` caps the step timeout (QUIT, LOGOUT)."""
         self.deadline.enter(phase)
-        self.timeout = self.deadline.socket_timeout()
-        sock = self.current_socket()
-        if sock is not None:
-            sock.settimeout(self.timeout)
+        self._step_limit = limit
+        self._new_step()
         started = time.monotonic()
         try:
             yield
@@ -106,10 +122,20 @@ class Session:
                 error = connection_error(phase, self.endpoint.host, self.endpoint.port, exc, self.timeout)
             if error is None:
                 raise
-            raise self._with_hint(phase, exc, error) from None
+            raise self._with_hint(phase, error) from None
+        finally:
+            self._step_limit = None
         self.last_seconds = time.monotonic() - started
         if bucket is not None:
             self.times.add(bucket, self.last_seconds)
+
+    def _new_step(self) -> None:
+        self.step_end = self.deadline.step_ends(self._step_limit)
+        self.timeout = max(self.step_end - time.monotonic(), MIN_SOCKET_TIMEOUT)
+        self._reply_bytes = 0
+        sock = self.current_socket()
+        if sock is not None:
+            sock.settimeout(self.timeout)
 
     def protocol_error(self, phase: Phase, exc: Exception) -> ProbeError | None:
         """The stdlib client's exception as a ProbeError; None: not ours to map."""
@@ -119,42 +145,120 @@ class Session:
         """The stdlib client's socket now (STARTTLS replaces it)."""
         return None
 
-    def _with_hint(self, phase: Phase, exc: BaseException, error: ProbeError) -> ProbeError:
+    def _with_hint(self, phase: Phase, error: ProbeError) -> ProbeError:
         """A server silent at greeting time, reached without TLS, is most often
         an implicit-TLS port waiting for our handshake: say so."""
         if (
-            self._is_greeting(phase)
+            phase in (Phase.SMTP_CONNECT, Phase.IMAP_CONNECT)
             and self.endpoint.security is not Security.TLS
             and "no answer within" in error.reason
         ):
             error.reason += f" (an implicit-TLS port? try {self.security_option} tls)"
         return error
 
-    def _is_greeting(self, phase: Phase) -> bool:
-        return phase in (Phase.SMTP_CONNECT, Phase.IMAP_CONNECT)
-
     # -- the connection -------------------------------------------------------------
     def open_socket(self, connect: Phase, handshake: Phase) -> socket.socket:
-        """TCP to the endpoint, and the TLS handshake for implicit TLS; runs
-        inside the caller's connect phase."""
+        """TCP to the endpoint; the TLS handshake for implicit TLS, or else the
+        wait for the greeting, with a quick look whether a silent port speaks
+        TLS.  Runs inside the caller's connect phase."""
         endpoint = self.endpoint
         sock = connect_tcp(endpoint.host, endpoint.port, self.timeout, connect)
         if endpoint.security is Security.TLS:
             self.deadline.enter(handshake)
-            sock = self.tls.handshake(sock, self.protocol, endpoint.host, endpoint.port, handshake)
+            sock = self.tls.handshake(
+                sock,
+                self.protocol,
+                endpoint.host,
+                endpoint.port,
+                handshake,
+                plain_text_hint=f"use {self.security_option} starttls",
+            )
             self.deadline.enter(connect)
+        else:
+            self._await_greeting(sock, connect)
         return sock
 
-    # -- the wire -------------------------------------------------------------------
-    def read_line(self, file: BinaryIO, limit: int = -1) -> bytes:
-        line = file.readline(limit)
+    def _await_greeting(self, sock: socket.socket, phase: Phase) -> None:
+        """Servers greet at once; a port that stays silent and answers a TLS
+        handshake on a second connection is an implicit-TLS port spoken to in
+        plain text: say so within seconds rather than at the step timeout."""
+        endpoint, started = self.endpoint, time.monotonic()
+        if _readable(sock, min(GREETING_PATIENCE, self.step_end - started)):
+            return
+        left = self.step_end - time.monotonic()
+        if left > TLS_LOOK and self.tls.speaks_tls(endpoint.host, endpoint.port, min(TLS_LOOK, left)):
+            waited = time.monotonic() - started
+            raise ProbeError(
+                phase,
+                f"to {endpoint.host}:{endpoint.port}: no {self.protocol} greeting within "
+                f"{waited:.1f} s, and the port speaks TLS: an implicit-TLS port (use "
+                f"{self.security_option} tls)",
+            )
+        if not _readable(sock, self.step_end - time.monotonic()):
+            waited = time.monotonic() - started
+            raise ProbeError(
+                phase,
+                f"to {endpoint.host}:{endpoint.port}: no {self.protocol} greeting within {waited:.1f} s",
+            )
+
+    # -- the wire: every reply line and literal passes here ---------------------------
+    def read_line(self, file: BinaryIO) -> bytes:
+        self._before_read()
+        try:
+            line = file.readline(self.line_limit + 1)
+        except socket.timeout:
+            raise self._timed_out() from None
+        if len(line) > self.line_limit:
+            raise OverLimit(f"a reply line from {self._where()}", self.line_limit)
+        self._count(len(line))
         self.received(line)
         return line
 
     def read_bytes(self, file: BinaryIO, size: int) -> bytes:
-        data = file.read(size)
+        """A literal of ``size`` bytes, read in pieces so that the step limit
+        holds for a server that drips it."""
+        if size > self.literal_limit:
+            raise OverLimit(f"a literal of {size} bytes announced by {self._where()}", self.literal_limit)
+        chunks: list[bytes] = []
+        left = size
+        while left > 0:
+            self._before_read()
+            try:
+                chunk = file.read1(min(left, 64 * 1024)) if hasattr(file, "read1") else file.read(left)
+            except socket.timeout:
+                raise self._timed_out() from None
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+            self._count(len(chunk))
+        data = b"".join(chunks)
         self.received_literal(data)
         return data
+
+    def _before_read(self) -> None:
+        """The step's end holds for every read: what is left of it is the
+        socket's timeout, and a reply still coming at the end is stopped."""
+        left = self.step_end - time.monotonic()
+        if left <= 0:
+            raise self._timed_out()
+        sock = self.current_socket()
+        if sock is not None:
+            sock.settimeout(max(left, MIN_SOCKET_TIMEOUT))
+
+    def _timed_out(self) -> OSError:
+        """Silence (no answer within the step) or a reply still coming at its end."""
+        if self._reply_bytes:
+            return StepExpired(self.timeout, f"the reply from {self._where()} did not end")
+        return socket.timeout("timed out")
+
+    def _count(self, size: int) -> None:
+        self._reply_bytes += size
+        if self._reply_bytes > self.reply_limit:
+            raise OverLimit(f"the reply from {self._where()}", self.reply_limit)
+
+    def _where(self) -> str:
+        return f"{self.endpoint.host}:{self.endpoint.port}"
 
     # -- the trace ------------------------------------------------------------------
     @contextmanager
@@ -167,17 +271,28 @@ class Session:
             self._hidden = None
 
     def sent(self, data: bytes) -> None:
+        """Every command the client sends: a new step of its own (its reply
+        gets the whole step limit), traced."""
+        self._new_step()
         if self.trace is not None:
             text = self._hidden if self._hidden is not None else _printable(data)
             self.trace(f"{self.protocol} > {text}")
 
     def received(self, line: bytes) -> None:
         if self.trace is not None:
-            self.trace(f"{self.protocol} < {_printable(line)}")
+            self.trace(f"{self.protocol} < {mask(_printable(line))}")
 
     def received_literal(self, data: bytes) -> None:
         if self.trace is not None:
             self.trace(f"{self.protocol} < <literal of {len(data)} bytes>")
+
+
+def _readable(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server has sent something (or closed) within ``seconds``."""
+    if sock.pending() if isinstance(sock, ssl.SSLSocket) else False:
+        return True
+    readable, _, _ = select.select([sock], [], [], max(seconds, 0.0))
+    return bool(readable)
 
 
 def _printable(data: bytes) -> str:

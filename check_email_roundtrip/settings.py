@@ -153,6 +153,7 @@ class Settings:
     wait: float
     timeout: float
     verbose: int
+    step_timeout: float = 30.0  # each network step: resolve, connect, one command and its reply
     verdicts: Verdicts = field(default_factory=Verdicts)
     memory: Memory = field(default_factory=Memory)
     elsewhere: Elsewhere = field(default_factory=Elsewhere)

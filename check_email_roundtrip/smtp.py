@@ -33,8 +33,8 @@ from . import sasl
 from .credentials import Login, Mechanism, Secret
 from .deadline import Deadline
 from .errors import Phase, ProbeError
+from .mask import register_secret
 from .net import connection_error
-from .output import register_secret
 from .session import PhaseTimes, Session, Trace, Wire
 from .settings import Endpoint, Security
 from .tls import TlsClient
@@ -76,6 +76,11 @@ def reply_text(reply: bytes | str) -> str:
     return str(reply)
 
 
+# Longest wait for the server's goodbye (QUIT): the message was accepted with
+# DATA's 250, a server slow to say 221 changes nothing.
+GOODBYE = 2.0
+
+
 class _Client(smtplib.SMTP):
     """smtplib on a socket the session opened; what it sends is traced."""
 
@@ -109,7 +114,7 @@ def _oauth2(session: SmtpSession, login: Login, token: str) -> None:
         )
     endpoint = session.endpoint
     response = sasl.initial_response(mechanism, login.user, token, endpoint.host, endpoint.port)
-    register_secret(base64.b64encode(response.encode()).decode())
+    register_secret(base64.b64encode(response.encode()).decode(), encoded=True)
     sent = False
 
     def answer(challenge: bytes | None = None) -> str:
@@ -273,7 +278,7 @@ class SmtpSession(Session):
 
     def quit(self) -> None:
         try:
-            with self.phase(Phase.SMTP_QUIT):
+            with self.phase(Phase.SMTP_QUIT, limit=GOODBYE):
                 self.client.quit()
         except ProbeError:
             # The message is accepted once DATA got its 250; a server that

@@ -20,8 +20,19 @@ import time
 from dataclasses import dataclass
 from typing import Any, cast
 
-from .errors import Phase
+from .errors import Phase, ProbeError
 from .net import connection_error
+
+# OpenSSL's reasons when what came back is not TLS at all (a greeting in
+# plain text: "220 ...", "* OK ...").
+PLAIN_TEXT_ANSWERS = {
+    "WRONG_VERSION_NUMBER",
+    "UNKNOWN_PROTOCOL",
+    "HTTP_REQUEST",
+    "PACKET_LENGTH_TOO_LONG",
+    "RECORD_LAYER_FAILURE",
+    "UNEXPECTED_RECORD",
+}
 
 
 @dataclass(frozen=True)
@@ -75,16 +86,31 @@ class TlsClient:
         return self._contexts[verified]
 
     def handshake(
-        self, sock: socket.socket, protocol: str, host: str, port: int, phase: Phase, verify: bool = False
+        self,
+        sock: socket.socket,
+        protocol: str,
+        host: str,
+        port: int,
+        phase: Phase,
+        verify: bool = False,
+        plain_text_hint: str = "",
     ) -> ssl.SSLSocket:
         """TLS on a connected socket, verified against ``host``; a failure is a
-        ProbeError naming ``phase`` and the cause (the socket is then closed)."""
+        ProbeError naming ``phase`` and the cause (the socket is then closed).
+        A server that answers in plain text gets ``plain_text_hint``."""
         started = time.monotonic()
         try:
             tls = self.context(verify).wrap_socket(sock, server_hostname=host)
         except (OSError, ssl.SSLError) as exc:
             timeout = sock.gettimeout() or 0.0
             sock.close()
+            if isinstance(exc, ssl.SSLError) and exc.reason in PLAIN_TEXT_ANSWERS:
+                hint = f" ({plain_text_hint})" if plain_text_hint else ""
+                raise ProbeError(
+                    phase,
+                    f"to {host}:{port}: TLS failed: the server answered in plain text, "
+                    f"not TLS: not an implicit-TLS port{hint}",
+                ) from None
             raise connection_error(phase, host, port, exc, timeout) from None
         cipher = tls.cipher()
         self.handshakes.append(
@@ -100,6 +126,22 @@ class TlsClient:
             )
         )
         return tls
+
+    def speaks_tls(self, host: str, port: int, timeout: float) -> bool:
+        """Whether a port answers a TLS handshake, on a connection of its own
+        (nothing verified, nothing sent after it): for telling a silent
+        implicit-TLS port from a server that is slow to greet."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        try:
+            with socket.create_connection((host, port), timeout=timeout) as raw:
+                with context.wrap_socket(raw, server_hostname=host):
+                    return True
+        except ssl.SSLError as exc:
+            # an alert is TLS too (a server that wants SNI or a client certificate)
+            return "ALERT" in str(exc.reason or "").upper()
+        except OSError:
+            return False
 
     def for_starttls(
         self, protocol: str, host: str, port: int, phase: Phase, verify: bool = False

@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from .deadline import Deadline
+from .deadline import SOCKET_MARGIN, Deadline
 from .errors import Phase
 from .facts import Arrival, Bounced, WatchKind
 from .imap import ImapSession
@@ -141,6 +141,12 @@ class Watcher:
         wait_ends = submitted_at + wait
         intervals = poll_intervals()
         while True:
+            if deadline.remaining() <= SOCKET_MARGIN:
+                # -t ends before --wait: no search could finish in time; the
+                # run ends at -t, naming the wait
+                deadline.enter(Phase.DELIVERY)
+                time.sleep(max(deadline.remaining(), 0.0))
+                deadline.check()
             sighting = self.look(marker, submitted_at)
             if sighting.arrival or sighting.bounced:
                 return sighting

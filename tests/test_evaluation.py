@@ -103,7 +103,7 @@ def test_not_delivered_is_critical_with_wait_and_queue_id():
 
 
 def test_timeout_is_unknown_and_names_the_stage():
-    check = evaluate(RoundtripResult("m", SmtpTimings(), timeout=RunTimeout(Phase.SMTP_DATA, 10)))
+    check = evaluate(RoundtripResult("m", SmtpTimings(), stopped=RunTimeout(Phase.SMTP_DATA, 10)))
     assert check.state == Unknown
     assert check.summary_str == "timeout: -t 10 s reached during SMTP DATA"
 

@@ -296,7 +296,7 @@ MATRIX = [
         "server accepts TCP but never sends a banner",
         _silent,
         2,
-        r"SMTP connect to 127\.0\.0\.1:\d+: no answer within \d\.\d s",
+        r"SMTP connect to 127\.0\.0\.1:\d+: no SMTP greeting within \d+\.\d s",
     ),
     Row(
         "server drops the connection mid-DATA",

@@ -345,6 +345,8 @@ def test_server_that_never_greets_is_critical_before_t(stack):
                 "127.0.0.1",
                 "--smtp-port",
                 str(server.getsockname()[1]),
+                "--mode",
+                "submit",
                 "-t",
                 "3",
             )
@@ -352,14 +354,46 @@ def test_server_that_never_greets_is_critical_before_t(stack):
     finally:
         stop.set()
     assert_state(run, 2, "CRITICAL", "SMTP connect to 127.0.0.1:")
-    # the socket's own timeout (what is left of -t, less 0.5 s) is reported
-    waited = float(re.search(r"no answer within (\d+\.\d) s", run.first_line).group(1))
+    # what was left of -t (counted from the process's start), less 0.5 s
+    waited = float(re.search(r"no SMTP greeting within (\d+\.\d) s", run.first_line).group(1))
     assert 2.0 <= waited <= 2.5
     assert run.seconds < 3 + 1
 
 
-def test_t_reached_is_unknown_naming_the_stage(stack):
+def test_reply_that_never_ends_is_stopped_at_the_step_limit_naming_the_step(stack):
     server, stop = _silent_listener(drip=b"220-still greeting\r\n")
+    try:
+        run = run_plugin(
+            *starttls_args(
+                stack,
+                "probe",
+                "--smtp-host",
+                "127.0.0.1",
+                "--smtp-port",
+                str(server.getsockname()[1]),
+                "--mode",
+                "submit",
+                "--step-timeout",
+                "2",
+                "-t",
+                "20",
+            )
+        )
+    finally:
+        stop.set()
+    port = server.getsockname()[1]
+    assert_state(
+        run,
+        2,
+        "CRITICAL",
+        f"SMTP connect to 127.0.0.1:{port} failed: the reply from 127.0.0.1:{port} did not end within 2.0 s",
+    )
+    assert run.seconds < 2 + 1
+
+
+def test_t_reached_is_unknown_naming_the_stage(stack):
+    # one line that never ends: each byte keeps the read alive, -t stops it
+    server, stop = _silent_listener(drip=b"2")
     try:
         run = run_plugin(
             *starttls_args(
