@@ -255,10 +255,11 @@ def notes(b) -> list[str]:
     out = []
     if b.baseline is not None:
         same = (" Both print the same `--version`: the version number was not raised across the "
-                "restructuring; the install source above tells them apart."
+                "restructuring; the install source tells them apart."
                 if b.baseline.version == b.ours.version else "")
         out.append(
-            "Before/after: rows 1, 2, 3, 5, 6 and 8 ran both plugins interleaved run by run (ours, "
+            f"Before/after: `before` is {b.baseline.describe()}; `ours (after)` is {b.ours.describe()}. "
+            "Rows 1, 2, 3, 5, 6 and 8 ran both plugins interleaved run by run (ours, "
             "before, ours, before, ...), and row 4 ran ours, before, then the bare import, in turn, so "
             "that the machine's noise hits both alike; after/before is the ratio of the two medians (of "
             "the maxima for peak RSS). Same stack, same command line, same interpreter version." + same)
