@@ -157,6 +157,12 @@ class Session:
         return error
 
     # -- the connection -------------------------------------------------------------
+    def prepare_tls(self) -> None:
+        """Build the TLS context before the connect phase's clock starts: it is
+        our CPU (the CA store), not the server's time."""
+        if self.endpoint.security is not Security.NONE:
+            self.tls.context()
+
     def open_socket(self, connect: Phase, handshake: Phase) -> socket.socket:
         """TCP to the endpoint; the TLS handshake for implicit TLS, or else the
         wait for the greeting, with a quick look whether a silent port speaks

@@ -173,6 +173,7 @@ class SmtpSession(Session):
 
     # -- the steps ----------------------------------------------------------------
     def connect(self) -> None:
+        self.prepare_tls()
         with self.phase(Phase.SMTP_CONNECT, "connect"):
             sock = self.open_socket(Phase.SMTP_CONNECT, Phase.SMTP_TLS)
             self.client.sock, self.client.file = sock, Wire(sock, self)
