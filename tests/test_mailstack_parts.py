@@ -72,3 +72,7 @@ def test_dns_names_are_kept_in_lower_case_without_the_final_dot():
     assert dnsmasq.checked_values(None, "x") == [] and dnsmasq.checked_values("v", "x") == ["v"]
     with pytest.raises(ValueError):
         dnsmasq.checked_values("v=spf1 \u00e9", "x")
+
+
+def test_the_idp_port_is_the_base_plus_443():
+    assert config.IDP_PORT == config.port_base() + 443
