@@ -52,6 +52,7 @@ import socketserver
 import ssl
 import sys
 import time
+import traceback
 import urllib.parse
 
 try:                        # in the package: tests import mailstack.idp
@@ -266,6 +267,8 @@ class IdPServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         if isinstance(exc, (ssl.SSLEOFError, ConnectionResetError, BrokenPipeError)) or "EOF" in str(exc):
             return
         log(f"{client_address[0]}:{client_address[1]} connection error: {type(exc).__name__}: {exc}")
+        if not isinstance(exc, OSError):        # a bug of ours: the whole story
+            log(traceback.format_exc().rstrip())
 
 
 def server_context(cert, key):
