@@ -2,6 +2,9 @@
 configuration templates, DNS record text."""
 
 import collections
+import gzip
+import pathlib
+import re
 
 import pytest
 from mailstack import config, dnsmasq, system
@@ -72,3 +75,22 @@ def test_dns_names_are_kept_in_lower_case_without_the_final_dot():
     assert dnsmasq.checked_values(None, "x") == [] and dnsmasq.checked_values("v", "x") == ["v"]
     with pytest.raises(ValueError):
         dnsmasq.checked_values("v=spf1 \u00e9", "x")
+
+
+def test_the_idp_port_is_the_base_plus_443():
+    assert config.IDP_PORT == config.port_base() + 443
+
+
+def test_the_oauth2_passdb_file_names_only_keys_dovecot_knows():
+    """An unknown key in it breaks Dovecot's whole auth process, passwords too.
+    Known: the keys of dovecot-core's reference file, and of its wiki page's
+    examples (client_id and client_secret are only there)."""
+    reference = pathlib.Path("/usr/share/dovecot/dovecot-oauth2.conf.ext")
+    wiki = pathlib.Path("/usr/share/doc/dovecot-core/wiki/PasswordDatabase.oauth2.txt.gz")
+    if not (reference.exists() and wiki.exists()):
+        pytest.skip("dovecot-core is not installed")
+    text = reference.read_text() + gzip.decompress(wiki.read_bytes()).decode()
+    known = set(re.findall(r"^#?\s*([a-z_]+)\s*=", text, re.M))
+    template = (system.TEMPLATES / "dovecot/oauth2.conf.ext").read_text()
+    ours = set(re.findall(r"^([a-z_]+)\s*=", template, re.M))
+    assert ours and ours <= known, ours - known

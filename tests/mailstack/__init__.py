@@ -45,6 +45,50 @@ The TLS server certificate is issued by a private CA (DIR/tls/ca.pem) for
 DNS:localhost only: connect to "localhost" to verify OK; connecting by
 127.0.0.1 is the "certificate does not match host name" case.
 
+OAuth2 (XOAUTH2 and OAUTHBEARER on every submission port and on IMAP):
+    Dovecot offers AUTH PLAIN LOGIN XOAUTH2 OAUTHBEARER (Postfix lists the
+    same after STARTTLS and on the implicit-TLS ports).  Passwords count for
+    PLAIN/LOGIN only, tokens for XOAUTH2/OAUTHBEARER only (passdb
+    "mechanisms" filters); a token login is one introspection request to
+    the stack's IdP (no auth cache: a revoked token fails at once).
+    IdP (idp.py + authserver.py, stdlib; run like auxd, log DIR/log/idp.log)
+              HTTPS 127.0.0.1:10443, certificate from the stack CA for
+              DNS:localhost AND IP:127.0.0.1 (DIR/tls/idp.pem)
+              POST /token  client_credentials and refresh_token (rotating:
+                  each refresh answers a new refresh token, the old one is
+                  then invalid_grant); client_id/client_secret in the body or
+                  HTTP Basic; optional scope; RFC 6749 5.2 errors
+                  (invalid_client 401 + WWW-Authenticate, others 400)
+              POST /introspect  RFC 7662 for Dovecot: {"active": true,
+                  "email": user, ...} or {"active": false} (always 200)
+              /admin/...  the knobs below (Bearer DIR/secrets/oauth-admin.secret)
+    Clients (secrets in DIR/secrets/oauth-<id>.secret, 0600):
+              probe-app    client_credentials -> probe@example.test
+              other-app    client_credentials -> other@example.test
+              mail-client  refresh_token, confidential
+              mail-public  refresh_token, public (client_id alone)
+              dovecot      introspection only (Dovecot's oauth2 passdb)
+    Replies on the wire for a bad (revoked, expired, unknown, another
+    user's) token: SMTP 334 <base64 JSON>, the client's answer, then
+    535 5.7.8 Error: authentication failed: (reason unavailable); IMAP
+    "+ <base64 JSON>", then NO [AUTHENTICATIONFAILED] Authentication failed.
+    JSON: XOAUTH2 {"status":"401","schemes":"bearer","scope":"mail"},
+    OAUTHBEARER {"status":"invalid_token"}.  IdP introspection failing:
+    IMAP NO [UNAVAILABLE] Temporary authentication failure., SMTP the same
+    535 without a 334.
+    stack.oauth (OAuthControl): token_url, introspection_url, issuer, ca,
+    clients(), client_secret(id), client_secret_file(id);
+    issue_token(user, lifetime=3600, scope=None, length=None) -> str
+    (lifetime <= 0: expired already), issue_refresh_token(user,
+    client_id="mail-client", scope=None, lifetime=None) -> str,
+    revoke_token(t) / revoke_refresh_token(t) -> bool, token_state(t);
+    set_token_endpoint(delay=0, status=None, body="", content_type=...,
+    times=None) and set_introspection_endpoint(...) (slow, or a canned
+    answer; no arguments: normal), set_expires_in(client_id, seconds=None);
+    token_requests() -> {grant_type: n, "total": n},
+    introspection_requests() -> n, request_log(), state(),
+    reset_counters(), reset() (counters, endpoints, lifetimes; tokens stay).
+
 Fault knobs (faults.py has the exact replies; stack.json "faults" too).
 On the submission ports, by recipient local part (case-insensitive; the tag
 may be followed by "-", "." or "_" and anything, e.g. probe+hold-123):
@@ -98,13 +142,14 @@ answer checked before they return):
 
 The package: stack.py (MailStack), one module per daemon (postfix.py,
 dovecot.py, rspamd.py, dnsmasq.py, auxd.py: the stack's own stdlib daemon,
-with auxd_service.py running it), their configuration templates in
-templates/, and the parts they share (config.py, faults.py, service.py,
-endpoints.py, procs.py, system.py, packages.py, tls.py, dkim.py,
-accounts.py, dnsclient.py, imapclient.py).  Adding a daemon = one more
-Service subclass in MailStack.services (order = start order: dnsmasq,
-rspamd, dovecot, auxd, postfix) with packages/write_config/start/reload/
-endpoints/info.
+with auxd_service.py running it; idp.py + authserver.py: the OAuth2 IdP,
+with idp_service.py running it and OAuthControl), their configuration
+templates in templates/, and the parts they share (config.py, faults.py,
+service.py, endpoints.py, procs.py, system.py, packages.py, tls.py,
+dkim.py, accounts.py, dnsclient.py, imapclient.py).  Adding a daemon = one
+more Service subclass in MailStack.services (order = start order: dnsmasq,
+rspamd, idp, dovecot, auxd, postfix) with packages/write_config/start/
+reload/endpoints/info.
 """
 
 from .accounts import address
@@ -124,6 +169,7 @@ from .config import (
     DOMAIN,
     GREYLIST_POLICY_PORT,
     HOST,
+    IDP_PORT,
     IMAP_PORT,
     IMAPS_EXPIRED_PORT,
     IMAPS_PORT,
@@ -176,6 +222,17 @@ from .faults import (
     USER_EXTRA_FIELDS,
     reply_for,
 )
+from .idp_service import (
+    APP_CLIENT,
+    DEFAULT_EXPIRES_IN,
+    INTROSPECTION_CLIENT,
+    INTROSPECTION_TIMEOUT_MSECS,
+    OTHER_APP_CLIENT,
+    PUBLIC_CLIENT,
+    REFRESH_CLIENT,
+    IdP,
+    OAuthControl,
+)
 from .packages import POLICY_RC_D
 from .postfix import POSTFIX_PRESEED, Postfix
 from .rspamd import RSPAMD_DISABLED_MODULES, Rspamd
@@ -184,18 +241,21 @@ from .stack import DEFAULT, KEEP, MailStack
 from .system import StackError
 
 __all__ = [
-    "AUTHSERV_ID", "DEFAULT", "DEFAULT_DIR", "DEFAULT_DMARC", "DEFAULT_PORT_BASE", "DEFAULT_SPF",
-    "DKIM_BITS", "DKIM_NAME", "DKIM_REVOKED", "DKIM_SELECTOR", "DMARC_NAME", "DNS_PORT", "DOMAIN",
-    "FORGED_AUTH_RESULTS", "GREYLIST_ACTION", "GREYLIST_DEFAULT_SECONDS", "GREYLIST_DETAIL",
-    "GREYLIST_POLICY_PORT", "GREYLIST_REPLY", "GREYLIST_STALE_SECONDS", "HOLD_TEMPFAIL_REPLY", "HOST",
-    "IMAPS_EXPIRED_PORT", "IMAPS_PORT", "IMAP_PORT", "JUNK_DETAIL", "JUNK_FOLDER", "KEEP", "MAIL_HOSTS",
-    "MX_HOSTNAME", "MX_PORT", "NOAUTH_REPLY", "NOAUTH_SERVICES", "NOAUTH_USER", "POLICY_RC_D",
-    "PORT_BASE", "POSTFIX_PRESEED", "QUOTA_FULL_FILLER_BYTES", "QUOTA_FULL_LIMIT", "QUOTA_FULL_REPLY",
-    "QUOTA_FULL_USER", "QUOTA_LIMIT", "QUOTA_STATUS_OVERQUOTA", "REJECT_REPLY",
-    "RSPAMD_CONTROLLER_PORT", "RSPAMD_DISABLED_MODULES", "RSPAMD_MILTER_PORT", "RSPAMD_START_TIMEOUT",
-    "RSPAMD_USER", "SENDER_REJECT_ACTION", "SENDER_REJECT_DETAIL", "SENDER_REJECT_REPLY", "SPF_NAME",
-    "START_TIMEOUT", "STOP_TIMEOUT", "SUBMISSIONS_EXPIRED_PORT", "SUBMISSIONS_PORT", "SUBMISSION_PORT",
-    "TLS_HOSTNAME", "UNKNOWN_USER", "UNKNOWN_USER_REPLY", "USERS", "USER_EXTRA_FIELDS", "VMAIL_USER",
-    "Auxd", "Dnsmasq", "Dovecot", "MailStack", "Postfix", "Rspamd", "Service", "StackError",
+    "APP_CLIENT", "AUTHSERV_ID", "DEFAULT", "DEFAULT_DIR", "DEFAULT_DMARC", "DEFAULT_EXPIRES_IN",
+    "DEFAULT_PORT_BASE", "DEFAULT_SPF", "DKIM_BITS", "DKIM_NAME", "DKIM_REVOKED", "DKIM_SELECTOR",
+    "DMARC_NAME", "DNS_PORT", "DOMAIN", "FORGED_AUTH_RESULTS", "GREYLIST_ACTION",
+    "GREYLIST_DEFAULT_SECONDS", "GREYLIST_DETAIL", "GREYLIST_POLICY_PORT", "GREYLIST_REPLY",
+    "GREYLIST_STALE_SECONDS", "HOLD_TEMPFAIL_REPLY", "HOST", "IDP_PORT", "IMAPS_EXPIRED_PORT",
+    "IMAPS_PORT", "IMAP_PORT", "INTROSPECTION_CLIENT", "INTROSPECTION_TIMEOUT_MSECS", "JUNK_DETAIL",
+    "JUNK_FOLDER", "KEEP", "MAIL_HOSTS", "MX_HOSTNAME", "MX_PORT", "NOAUTH_REPLY", "NOAUTH_SERVICES",
+    "NOAUTH_USER", "OTHER_APP_CLIENT", "POLICY_RC_D", "PORT_BASE", "POSTFIX_PRESEED", "PUBLIC_CLIENT",
+    "QUOTA_FULL_FILLER_BYTES", "QUOTA_FULL_LIMIT", "QUOTA_FULL_REPLY", "QUOTA_FULL_USER", "QUOTA_LIMIT",
+    "QUOTA_STATUS_OVERQUOTA", "REFRESH_CLIENT", "REJECT_REPLY", "RSPAMD_CONTROLLER_PORT",
+    "RSPAMD_DISABLED_MODULES", "RSPAMD_MILTER_PORT", "RSPAMD_START_TIMEOUT", "RSPAMD_USER",
+    "SENDER_REJECT_ACTION", "SENDER_REJECT_DETAIL", "SENDER_REJECT_REPLY", "SPF_NAME", "START_TIMEOUT",
+    "STOP_TIMEOUT", "SUBMISSIONS_EXPIRED_PORT", "SUBMISSIONS_PORT", "SUBMISSION_PORT", "TLS_HOSTNAME",
+    "UNKNOWN_USER", "UNKNOWN_USER_REPLY", "USERS", "USER_EXTRA_FIELDS", "VMAIL_USER",
+    "Auxd", "Dnsmasq", "Dovecot", "IdP", "MailStack", "OAuthControl", "Postfix", "Rspamd", "Service",
+    "StackError",
     "address", "dns_query", "reply_for",
 ]

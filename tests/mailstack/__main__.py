@@ -31,6 +31,9 @@ def summary(stack):
         f"  dns         {info['dns']['nameserver']} (dnsmasq)     rspamd milter "
         f"{host}:{info['rspamd']['milter_port']}  authserv-id {info['authserv_id']}",
         f"  DKIM: d={info['dkim']['domain']} s={info['dkim']['selector']} key {stack.dkim_key}",
+        f"  OAuth2 IdP  {info['oauth']['issuer']}  token {info['oauth']['token_url']}"
+        f"  introspection {info['oauth']['introspection_url']}",
+        f"  OAuth2 clients: {', '.join(info['oauth']['clients'])} (secrets in {stack.secrets_dir})",
     ]
     for user in info["users"].values():
         lines.append(f"  user {user['address']:<20} password file {user['password_file']}")

@@ -32,12 +32,13 @@ import time
 LOG_LOCK = threading.Lock()
 
 
-def log(msg):
-    """One line on stderr (the log file, once a daemon), microsecond stamps."""
+def log(msg, program="auxd"):
+    """One line on stderr (the log file, once a daemon), microsecond stamps.
+    program: who says it (idp.py borrows this and the daemon plumbing below)."""
     now = time.time()
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
     with LOG_LOCK:
-        sys.stderr.write(f"{stamp}.{int((now % 1) * 1e6):06d} auxd: {msg}\n")
+        sys.stderr.write(f"{stamp}.{int((now % 1) * 1e6):06d} {program}: {msg}\n")
         sys.stderr.flush()
 
 

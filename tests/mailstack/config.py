@@ -58,6 +58,9 @@ DNS_PORT = PORT_BASE + 53                   # dnsmasq, UDP and TCP
 # not 11332/11334, so a system rspamd cannot collide.
 RSPAMD_MILTER_PORT = PORT_BASE + 332
 RSPAMD_CONTROLLER_PORT = PORT_BASE + 334
+# the stack's OAuth2 authorization server (idp.py): token endpoint for the
+# plugin, introspection for Dovecot's oauth2 passdb, HTTPS
+IDP_PORT = PORT_BASE + 443
 
 USERS = ("probe", "other", "full", "noauth")  # local parts @DOMAIN
 VMAIL_USER = "vmail"          # owns every Maildir

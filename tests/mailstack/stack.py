@@ -1,5 +1,6 @@
 """MailStack: the daemons together, their order, the stack's files, and the
-knobs the tests turn (DNS records, passwords, greylisting, the queue, IMAP)."""
+knobs the tests turn (DNS records, passwords, greylisting, the queue, IMAP;
+the OAuth2 IdP's are on stack.oauth)."""
 
 import contextlib
 import hashlib
@@ -23,6 +24,7 @@ from .config import (
     DOMAIN,
     GREYLIST_POLICY_PORT,
     HOST,
+    IDP_PORT,
     IMAP_PORT,
     IMAPS_EXPIRED_PORT,
     IMAPS_PORT,
@@ -42,6 +44,7 @@ from .dkim import DkimKeys
 from .dnsclient import dns_query
 from .dnsmasq import Dnsmasq, checked_name, checked_values
 from .dovecot import Dovecot
+from .idp_service import IdP, OAuthControl
 from .packages import install_packages
 from .postfix import Postfix
 from .procs import tail
@@ -97,11 +100,14 @@ class MailStack:
         self.dkim_other_key = self.dkim.other_key
         self.dnsmasq = Dnsmasq(self)
         self.rspamd = Rspamd(self)
+        self.idp = IdP(self)
         self.dovecot = Dovecot(self)
         self.postfix = Postfix(self)
         self.auxd = Auxd(self)
+        # the OAuth2 IdP's facts and knobs (tokens, slow or failing endpoints, counters)
+        self.oauth = OAuthControl(self.idp)
         # start order (each needs the ones before it); stop is the reverse
-        self.services = [self.dnsmasq, self.rspamd, self.dovecot, self.auxd, self.postfix]
+        self.services = [self.dnsmasq, self.rspamd, self.idp, self.dovecot, self.auxd, self.postfix]
 
     def _say(self, msg):
         if self.verbose:
@@ -116,6 +122,7 @@ class MailStack:
         self._ensure_dirs()
         self.certificates.ensure()
         self.accounts.ensure()
+        self.idp.ensure_secrets()       # before Dovecot's config, which holds its client's
         self.dovecot.write_passwd_file(self.accounts)
         if self.dkim.ensure():
             self.dnsmasq.forget_records()   # the published key must match the new one
@@ -391,11 +398,12 @@ class MailStack:
                       "mx": MX_PORT, "imap": IMAP_PORT, "imaps": IMAPS_PORT,
                       "submissions_expired": SUBMISSIONS_EXPIRED_PORT,
                       "imaps_expired": IMAPS_EXPIRED_PORT,
-                      "greylist_policy": GREYLIST_POLICY_PORT},
+                      "greylist_policy": GREYLIST_POLICY_PORT, "idp": IDP_PORT},
             "ca": self.ca,
             "tls": {"ca": self.ca, "cert": self.tls_cert, "key": self.tls_key,
                     "expired_cert": self.expired_cert, "expired_key": self.expired_key,
-                    "expired_not_after": self.certificates.not_after(self.expired_cert)},
+                    "expired_not_after": self.certificates.not_after(self.expired_cert),
+                    "idp_cert": self.idp.cert, "idp_key": self.idp.key},
             "users": {u: {"address": self.address(u), "login": self.address(u),
                           "password": self.password(u),
                           "password_file": self.password_file(u),
@@ -404,6 +412,7 @@ class MailStack:
             "postfix": self.postfix.info(),
             "dovecot": self.dovecot.info(),
             "auxd": self.auxd.info(),
+            "oauth": self.idp.info(),
             "faults": fault_info,
             "dns": self.dnsmasq.info(),
             "dkim": {"selector": DKIM_SELECTOR, "domain": DOMAIN, "name": DKIM_NAME,
@@ -442,6 +451,18 @@ class MailStack:
                "MAILSTACK_RSPAMD_MILTER_PORT": str(RSPAMD_MILTER_PORT)}
         for name, port in info["ports"].items():
             out[f"MAILSTACK_{name.upper()}_PORT"] = str(port)
+        oauth = info["oauth"]
+        out.update({"MAILSTACK_OAUTH_ISSUER": oauth["issuer"],
+                    "MAILSTACK_OAUTH_TOKEN_URL": oauth["token_url"],
+                    "MAILSTACK_OAUTH_INTROSPECTION_URL": oauth["introspection_url"],
+                    "MAILSTACK_OAUTH_CA": oauth["ca"],
+                    "MAILSTACK_OAUTH_ADMIN_URL": oauth["admin"]["url"],
+                    "MAILSTACK_OAUTH_ADMIN_SECRET_FILE": oauth["admin"]["secret_file"]})
+        for client_id, client in oauth["clients"].items():
+            name = client_id.upper().replace("-", "_")
+            out[f"MAILSTACK_OAUTH_{name}_CLIENT_ID"] = client_id
+            if client["secret_file"]:
+                out[f"MAILSTACK_OAUTH_{name}_SECRET_FILE"] = client["secret_file"]
         for user, details in info["users"].items():
             out[f"MAILSTACK_{user.upper()}_ADDRESS"] = details["address"]
             out[f"MAILSTACK_{user.upper()}_PASSWORD_FILE"] = details["password_file"]

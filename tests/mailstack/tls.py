@@ -1,13 +1,14 @@
 """The stack's certificates, made with openssl at the first up: a private CA,
 a server certificate for TLS_HOSTNAME only (connecting by 127.0.0.1 is then
-the "certificate for another name" case) and an EXPIRED one for the
-*_EXPIRED_PORT twins."""
+the "certificate for another name" case), an EXPIRED one for the
+*_EXPIRED_PORT twins, and the OAuth2 IdP's for TLS_HOSTNAME and HOST (Dovecot
+calls it by address)."""
 
 import os
 import secrets
 import time
 
-from .config import TLS_HOSTNAME
+from .config import HOST, TLS_HOSTNAME
 from .system import make_dir, render, run, write_file
 
 
@@ -22,12 +23,14 @@ class Certificates:
         self.key = os.path.join(tls_dir, "server.key")
         self.expired_cert = os.path.join(tls_dir, "expired.pem")
         self.expired_key = os.path.join(tls_dir, "expired.key")
+        self.idp_cert = os.path.join(tls_dir, "idp.pem")
+        self.idp_key = os.path.join(tls_dir, "idp.key")
         self.cnf = os.path.join(tls_dir, "openssl.cnf")
 
     def ensure(self):
         """Make what is missing; a server certificate that expires within a
         day is made anew, and so is everything the CA signed when the CA is new."""
-        write_file(self.cnf, render("openssl.cnf", hostname=TLS_HOSTNAME))
+        write_file(self.cnf, render("openssl.cnf", hostname=TLS_HOSTNAME, ip=HOST))
         new_ca = False
         if not (os.path.exists(self.ca) and os.path.exists(self.ca_key)):
             self.say("generating CA")
@@ -38,22 +41,32 @@ class Certificates:
             os.chmod(self.ca_key, 0o600)
             os.chmod(self.ca, 0o644)
             new_ca = True
-        valid = (not new_ca and os.path.exists(self.cert) and os.path.exists(self.key)
-                 and run(["openssl", "x509", "-in", self.cert, "-noout", "-checkend", "86400"],
-                         check=False).returncode == 0)
-        if not valid:
-            self.say(f"generating server certificate for {TLS_HOSTNAME}")
-            csr = os.path.join(self.dir, "server.csr")
-            run(["openssl", "req", "-new", "-config", self.cnf, "-newkey", "rsa:2048", "-nodes",
-                 "-keyout", self.key, "-out", csr, "-subj", f"/CN={TLS_HOSTNAME}"], log=self.log)
-            run(["openssl", "x509", "-req", "-in", csr, "-CA", self.ca, "-CAkey", self.ca_key,
-                 "-set_serial", "0x" + secrets.token_hex(16), "-days", "825",
-                 "-extfile", self.cnf, "-extensions", "server_ext", "-out", self.cert], log=self.log)
-            os.chmod(self.key, 0o600)
-            os.chmod(self.cert, 0o644)
-            os.unlink(csr)
+        for cert, key, extensions, names in (
+                (self.cert, self.key, "server_ext", TLS_HOSTNAME),
+                (self.idp_cert, self.idp_key, "idp_ext", f"{TLS_HOSTNAME} and {HOST}")):
+            if new_ca or not self.valid_for_a_day(cert, key):
+                self.say(f"generating {os.path.basename(cert)} for {names}")
+                self.issue(cert, key, extensions)
         if new_ca or not (os.path.exists(self.expired_cert) and os.path.exists(self.expired_key)):
             self.make_expired()
+
+    @staticmethod
+    def valid_for_a_day(cert, key):
+        return (os.path.exists(cert) and os.path.exists(key)
+                and run(["openssl", "x509", "-in", cert, "-noout", "-checkend", "86400"],
+                        check=False).returncode == 0)
+
+    def issue(self, cert, key, extensions):
+        """A server certificate from the stack CA with the cnf's extensions section."""
+        csr = cert + ".csr"
+        run(["openssl", "req", "-new", "-config", self.cnf, "-newkey", "rsa:2048", "-nodes",
+             "-keyout", key, "-out", csr, "-subj", f"/CN={TLS_HOSTNAME}"], log=self.log)
+        run(["openssl", "x509", "-req", "-in", csr, "-CA", self.ca, "-CAkey", self.ca_key,
+             "-set_serial", "0x" + secrets.token_hex(16), "-days", "825",
+             "-extfile", self.cnf, "-extensions", extensions, "-out", cert], log=self.log)
+        os.chmod(key, 0o600)
+        os.chmod(cert, 0o644)
+        os.unlink(csr)
 
     def make_expired(self, days_ago=1, valid_days=30):
         """A server certificate for TLS_HOSTNAME signed by the stack CA whose
