@@ -102,13 +102,18 @@ class FileLock:
     def __enter__(self) -> FileLock:
         make_private_dir(os.path.dirname(self.path) or ".")
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        ends = self.deadline.step_ends()  # a step's time; after -t, the grace
         while True:
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return self
             except BlockingIOError:
-                self.deadline.check()
-                time.sleep(min(LOCK_POLL, max(self.deadline.remaining(), 0.0)))
+                left = ends - time.monotonic()
+                if left <= 0:
+                    os.close(self.fd)
+                    self.fd = -1
+                    raise TimeoutError(errno.EAGAIN, "its lock is held by another run") from None
+                time.sleep(min(LOCK_POLL, left))
 
     def __exit__(self, *exc: Any) -> None:
         if self.fd >= 0:

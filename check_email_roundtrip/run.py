@@ -14,7 +14,7 @@ from typing import Callable
 from .check import evaluate
 from .deadline import Deadline
 from .facts import ProbeResult, RoundtripResult
-from .memory import PendingProbe, Remembered, StateFile
+from .memory import Change, PendingProbe, Remembered, StateFile
 from .probe import run_poll, run_roundtrip, run_submit
 from .render import Report
 from .settings import Mode, Settings
@@ -26,30 +26,37 @@ PROBES: dict[Mode, Probe] = {Mode.ROUNDTRIP: run_roundtrip, Mode.SUBMIT: run_sub
 def run_check(settings: Settings, started: float | None = None) -> Report:
     """``started``: when the process started (time.monotonic()); -t counts from there."""
     state = StateFile(settings.memory.state_file) if settings.memory.state_file else None
-    pending = state.read().pending if state else []
     with Deadline(settings.timeout, started, settings.step_timeout) as deadline:
+        pending = state.read(deadline).pending if state else []
         result = PROBES[settings.mode](settings, deadline, pending)
-    memory = remember(state, result, settings) if state else None
+        # after -t or SIGTERM the merge still gets its grace: the probe sent
+        # is remembered, so that a later run reports it late or lost
+        memory = remember(state, result, settings, deadline) if state else None
     return evaluate(settings, result, memory)
 
 
-def remember(state: StateFile, result: ProbeResult, settings: Settings) -> Remembered:
+def remember(state: StateFile, result: ProbeResult, settings: Settings, deadline: Deadline) -> Remembered:
     """Merge this run into the state file: what resolved, what is pending, the streak."""
-    new_pending, resolved, late, lost = [], [], 0, 0
+    if not isinstance(result, RoundtripResult):
+        return state.merge(deadline, Change())
+    new_pending = []
+    submission = result.submission
+    if submission is not None and result.arrival is None and result.bounced is None:
+        # sent but not seen: not delivered within --wait, or the run stopped
+        # (-t, SIGTERM, an IMAP failure) while waiting
+        new_pending.append(PendingProbe(result.marker, submission.mail_from_wall, submission.queue_id))
+    thresholds = settings.thresholds
     slow: bool | None = None
-    if isinstance(result, RoundtripResult):
-        if result.not_delivered_within is not None and result.submission is not None:
-            submission = result.submission
-            new_pending.append(PendingProbe(result.marker, submission.mail_from_wall, submission.queue_id))
-        thresholds = settings.thresholds
-        if result.roundtrip is not None:
-            slow = not (
-                thresholds.warning.match(result.roundtrip) and thresholds.critical.match(result.roundtrip)
-            )
-        elif result.not_delivered_within is not None or result.error is not None:
-            slow = True
-        resolved = [late_probe.probe.marker for late_probe in result.late] + [
-            probe.marker for probe in result.lost
-        ]
-        late, lost = len(result.late), len(result.lost)
-    return state.merge(resolved, new_pending, late, lost, slow)
+    if result.roundtrip is not None:
+        slow = not (
+            thresholds.warning.match(result.roundtrip) and thresholds.critical.match(result.roundtrip)
+        )
+    elif result.not_delivered_within is not None or result.error is not None:
+        slow = True
+    change = Change(
+        arrived=tuple(late.probe.marker for late in result.late),
+        lost=tuple(probe.marker for probe in result.lost),
+        new_pending=tuple(new_pending),
+        slow=slow,
+    )
+    return state.merge(deadline, change)
