@@ -13,7 +13,7 @@ from check_email_roundtrip.dnscheck import tag_list
 from check_email_roundtrip.dsn import parse_dsn
 from check_email_roundtrip.errors import Phase, ProbeError
 from check_email_roundtrip.smtp import parse_queue_id, refusal
-from check_email_roundtrip.verdicts import METHODS, read_verdicts
+from check_email_roundtrip.verdicts import METHODS, RESULT_WORDS, read_verdicts
 
 HEADER_TEXT = st.text(alphabet=string.printable + "äé€\u2028", max_size=400)
 RESINFO = st.builds(
@@ -65,6 +65,37 @@ def test_any_authentication_results_give_a_state_and_a_line(values, authserv_id)
     check = evaluate(outcome, *extra)
     assert check.summary_str and "\n" not in check.summary_str
     assert all(line and "\n" not in line for line in check.verbose_str or [])
+
+
+WELL_FORMED_RESINFO = st.builds(
+    lambda method, result, comment, props: f"{method}={result}{comment}{props}",
+    st.sampled_from(list(METHODS) + ["iprev", "compauth", "x-foo"]),
+    st.sampled_from(RESULT_WORDS),
+    st.sampled_from(["", " (comment)", "(no space; a semicolon)", ' ("q" (nested))', " (ünïcödé)"]),
+    st.sampled_from(["", " header.d=example.test", " smtp.mailfrom=jörg@exämple.test", " action=none"]),
+)
+SEPARATORS = st.lists(
+    st.sampled_from([";", "; ", " ;", ";;", "; ;", ";\r\n\t", ";\r\n ;"]), min_size=8, max_size=8
+)
+
+
+@SLOW
+@given(
+    st.lists(WELL_FORMED_RESINFO, min_size=1, max_size=6),
+    SEPARATORS,
+    st.booleans(),
+    st.sampled_from(["mx.example.test", "mx.exämple.test", None]),
+)
+def test_empty_separators_change_no_verdict(results, separators, trailing, authserv_id):
+    def header(parts, seps, end):
+        value = parts[0] + "".join(sep + part for sep, part in zip(seps, parts[1:])) + end
+        return f"Authentication-Results: {value}\r\nSubject: x\r\n\r\n".encode()
+
+    parts = ([authserv_id] if authserv_id else []) + results
+    plain = read_verdicts(header(parts, ["; "] * len(parts), ""))
+    liberal = read_verdicts(header(parts, separators, separators[-1] if trailing else ""))
+    assert plain.malformed is None
+    assert liberal == plain
 
 
 @SLOW
