@@ -14,6 +14,12 @@ What is checked:
   and, when the receiver's header tells the address the mail came from,
   whether the record names it;
 - the From domain: a ``_dmarc`` record (else its parent's) with a valid policy.
+
+Whatever the records, the header or the resolver say, the answer is findings
+and notes in the user's terms ("SPF record of example.test has an invalid
+term a/33 (permerror)"), never an exception: SPF records are parsed before
+they are evaluated (spf.py), names are checked before they are looked up,
+and the sender address the receiver's header gives before it is used.
 """
 
 from __future__ import annotations
@@ -28,9 +34,8 @@ from typing import Any
 
 from .deadline import Deadline
 from .message import parse_header
+from .spf import SPF_LOOKUP_LIMIT, Lookups, count_lookups, evaluate, is_domain_name, shown, spf_records
 
-SPF_LOOKUP_LIMIT = 10  # RFC 7208 4.6.4
-_SPF_EVALUATION_BUDGET = 30  # lookups we spend ourselves before giving up ("cannot tell")
 _LOOKUP_TIMEOUT = 3.0  # seconds per query, less if -t leaves less
 
 
@@ -121,6 +126,8 @@ class _Lookups:
             ) from None
         except dns.exception.DNSException as exc:
             raise DnsTrouble(f"lookup of {rdtype} {name} failed: {exc} ({self.where})") from None
+        except (ValueError, UnicodeError) as exc:  # a name dnspython cannot even send
+            raise DnsTrouble(f"lookup of {rdtype} {shown(name)} failed: {exc} ({self.where})") from None
 
     def txt(self, name: str) -> list[str]:
         return [b"".join(rdata.strings).decode("utf-8", "replace") for rdata in self.query(name, "TXT")]
@@ -136,8 +143,14 @@ def check_dns(
     nameserver: tuple[str, int] | None,
     deadline: Deadline,
 ) -> DnsReport:
+    return check_records(header_block, envelope_from, sender_ip, _Lookups(nameserver, deadline))
+
+
+def check_records(
+    header_block: bytes, envelope_from: str, sender_ip: str | None, lookups: Lookups
+) -> DnsReport:
+    """The checks, asking ``lookups``; ``sender_ip`` is what the receiver's header says, unchecked."""
     message = parse_header(header_block)
-    lookups = _Lookups(nameserver, deadline)
     report = _Draft()
     for check in (_check_dkim_keys, _check_spf, _check_dmarc):
         try:
@@ -149,7 +162,7 @@ def check_dns(
 
 
 def _check_dkim_keys(
-    message: Message, envelope_from: str, sender_ip: str | None, lookups: _Lookups, report: _Draft
+    message: Message, envelope_from: str, sender_ip: str | None, lookups: Lookups, report: _Draft
 ) -> None:
     signatures = message.get_all("DKIM-Signature") or []
     if not signatures:
@@ -161,6 +174,9 @@ def _check_dkim_keys(
             report.findings.append(DnsFinding("DKIM-Signature", "has no d= or s= tag"))
             continue
         name = f"{selector}._domainkey.{domain}"
+        if not is_domain_name(name):
+            report.findings.append(DnsFinding("DKIM-Signature", f"names no valid key record: {shown(name)}"))
+            continue
         record = f"DKIM key {name}"
         keys = [text for text in lookups.txt(name) if "p=" in text or text.lower().startswith("v=dkim1")]
         if not keys:
@@ -170,13 +186,13 @@ def _check_dkim_keys(
             report.findings.append(DnsFinding(record, f"published {len(keys)} times"))
         key = tag_list(keys[0])
         if key.get("v", "DKIM1").upper() != "DKIM1":
-            report.findings.append(DnsFinding(record, f"does not parse: v={key['v']}"))
+            report.findings.append(DnsFinding(record, f"does not parse: v={shown(key['v'])}"))
         elif "p" not in key:
             report.findings.append(DnsFinding(record, "does not parse: no p= tag"))
         elif key["p"] == "":
             report.findings.append(DnsFinding(record, "is revoked (empty p=)"))
         elif key.get("k", "rsa").lower() not in ("rsa", "ed25519"):
-            report.findings.append(DnsFinding(record, f"has an unknown key type k={key['k']}"))
+            report.findings.append(DnsFinding(record, f"has an unknown key type k={shown(key['k'])}"))
         else:
             try:
                 der = base64.b64decode(key["p"], validate=True)
@@ -187,23 +203,26 @@ def _check_dkim_keys(
 
 
 def _check_spf(
-    message: Message, envelope_from: str, sender_ip: str | None, lookups: _Lookups, report: _Draft
+    message: Message, envelope_from: str, sender_ip: str | None, lookups: Lookups, report: _Draft
 ) -> None:
     domain = envelope_from.rpartition("@")[2].lower()
     if not domain:
         return
-    records = _spf_records(lookups, domain)
-    what = f"SPF record of {domain}"
+    what = f"SPF record of {shown(domain)}"
+    if not is_domain_name(domain):
+        report.findings.append(
+            DnsFinding(what, "cannot be looked up: the envelope sender's domain is not valid")
+        )
+        return
+    records = spf_records(lookups, domain)
     if not records:
         report.findings.append(DnsFinding(what, "not published"))
         return
     if len(records) > 1:
         report.findings.append(DnsFinding(what, f"published {len(records)} times (RFC 7208: permerror)"))
         return
-    counter = _SpfLookupCount(lookups)
-    needed = counter.count(domain, records[0])
-    for problem in counter.problems:
-        report.findings.append(DnsFinding(what, problem))
+    needed, problems = count_lookups(lookups, domain, records[0])
+    report.findings.extend(DnsFinding(record, problem) for record, problem in problems)
     if needed > SPF_LOOKUP_LIMIT:
         report.findings.append(
             DnsFinding(what, f"needs {needed} DNS lookups (RFC 7208 limit {SPF_LOOKUP_LIMIT})")
@@ -212,138 +231,37 @@ def _check_spf(
     if sender_ip is None:
         report.notes.append("SPF: the receiver's header does not tell the address the mail came from")
         return
-    outcome = _SpfEvaluation(lookups).evaluate(domain, ipaddress.ip_address(sender_ip))
+    try:
+        address = ipaddress.ip_address(sender_ip)
+    except ValueError:
+        report.notes.append(
+            f"SPF: the receiver's header gives '{shown(sender_ip)}' as the address the mail came from, "
+            "which is not an IP address: not evaluated"
+        )
+        return
+    outcome, why = evaluate(lookups, domain, address)
     if outcome in ("fail", "softfail", "neutral", "none"):
         report.findings.append(
-            DnsFinding(what, f"does not name {sender_ip}, the address the mail came from ({outcome})")
+            DnsFinding(what, f"does not name {address}, the address the mail came from ({outcome})")
         )
-    elif outcome == "unknown":
-        report.notes.append(f"SPF: cannot tell whether {domain} names {sender_ip} (macros, ptr or exists)")
+    elif outcome == "pass":
+        report.notes.append(f"SPF: {domain} names {address}")
     else:
-        report.notes.append(f"SPF: {domain} names {sender_ip}")
-
-
-def _spf_records(lookups: _Lookups, domain: str) -> list[str]:
-    return [
-        text for text in lookups.txt(domain) if text.lower() == "v=spf1" or text.lower().startswith("v=spf1 ")
-    ]
-
-
-class _SpfLookupCount:
-    """Counts DNS-querying terms through include and redirect (RFC 7208 4.6.4)."""
-
-    def __init__(self, lookups: _Lookups):
-        self.lookups = lookups
-        self.problems: list[str] = []
-        self.seen: set[str] = set()
-
-    def count(self, domain: str, record: str) -> int:
-        total = 0
-        for term in record.split()[1:]:
-            name = term.lstrip("+-~?").lower()
-            if name.startswith(("include:", "redirect=")):
-                target = term.split(":", 1)[1] if name.startswith("include:") else term.split("=", 1)[1]
-                total += 1
-                if "%" in target or target in self.seen or total > 3 * SPF_LOOKUP_LIMIT:
-                    continue
-                self.seen.add(target)
-                included = _spf_records(self.lookups, target)
-                if len(included) != 1:
-                    self.problems.append(
-                        f"refers to {target}, which has {len(included) or 'no'} SPF records (permerror)"
-                    )
-                    continue
-                total += self.count(target, included[0])
-            elif name.split(":")[0].split("/")[0] in ("a", "mx", "ptr", "exists"):
-                total += 1
-        return total
-
-
-class _SpfEvaluation:
-    """Just enough of RFC 7208 to tell whether a record names an address.
-
-    Returns pass/fail/softfail/neutral/none, or "unknown" where it would need
-    macros, ptr or exists, or more lookups than we are willing to spend.
-    """
-
-    def __init__(self, lookups: _Lookups):
-        self.lookups = lookups
-        self.budget = _SPF_EVALUATION_BUDGET
-
-    def _spend(self) -> bool:
-        self.budget -= 1
-        return self.budget >= 0
-
-    def evaluate(self, domain: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
-        if not self._spend():
-            return "unknown"
-        records = _spf_records(self.lookups, domain)
-        if len(records) != 1:
-            return "none" if not records else "unknown"
-        redirect = None
-        for term in records[0].split()[1:]:
-            qualifier = {"+": "pass", "-": "fail", "~": "softfail", "?": "neutral"}.get(term[0], None)
-            body = term[1:] if qualifier else term
-            qualifier = qualifier or "pass"
-            name, _, argument = body.partition(":")
-            name = name.lower()
-            if "%" in body:
-                return "unknown"
-            if body.lower().startswith("redirect="):
-                redirect = body.split("=", 1)[1]
-                continue
-            if "=" in name:
-                continue  # other modifiers (exp=)
-            matched = self._matches(name, argument, domain, ip)
-            if matched is None:
-                return "unknown"
-            if matched:
-                return qualifier
-        if redirect:
-            return self.evaluate(redirect, ip)
-        return "neutral"
-
-    def _matches(
-        self, name: str, argument: str, domain: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address
-    ) -> bool | None:
-        base = name.split("/")[0]
-        if base == "all":
-            return True
-        if base in ("ip4", "ip6"):
-            try:
-                return ip in ipaddress.ip_network(argument, strict=False)
-            except ValueError:
-                return False
-        if base == "include":
-            result = self.evaluate(argument, ip)
-            return None if result == "unknown" else result == "pass"
-        if base in ("a", "mx"):
-            target, _, prefix = (argument or domain).partition("/")
-            if "/" in name:  # "a/24" with no domain
-                prefix = name.split("/", 1)[1]
-            if not self._spend():
-                return None
-            hosts = (
-                [target]
-                if base == "a"
-                else [str(r.exchange).rstrip(".") for r in self.lookups.query(target, "MX")]
-            )
-            for host in hosts[:10]:
-                for address in self.lookups.addresses(host):
-                    network = ipaddress.ip_network(f"{address}/{prefix}" if prefix else address, strict=False)
-                    if ip in network:
-                        return True
-            return False
-        return None  # ptr, exists
+        report.notes.append(f"SPF: cannot tell whether {domain} names {address} ({why})")
 
 
 def _check_dmarc(
-    message: Message, envelope_from: str, sender_ip: str | None, lookups: _Lookups, report: _Draft
+    message: Message, envelope_from: str, sender_ip: str | None, lookups: Lookups, report: _Draft
 ) -> None:
     _, address = email.utils.parseaddr(str(message.get("From", "")))
     domain = address.rpartition("@")[2].lower()
     if not domain:
         report.findings.append(DnsFinding("From header", "has no domain to look up DMARC for"))
+        return
+    if not is_domain_name(domain):
+        report.findings.append(
+            DnsFinding("From header", f"has no valid domain to look up DMARC for: {shown(domain)}")
+        )
         return
     # The record of the From domain, else of its parent (RFC 7489 6.6.3 asks for
     # the organisational domain; one label up covers the usual subdomain case).
@@ -360,7 +278,7 @@ def _check_dmarc(
         policy = tags.get("p", "").lower()
         if policy not in ("none", "quarantine", "reject"):
             report.findings.append(
-                DnsFinding(f"DMARC record {name}", f"has no valid policy (p={policy or 'missing'})")
+                DnsFinding(f"DMARC record {name}", f"has no valid policy (p={shown(policy) or 'missing'})")
             )
             return
         report.dmarc_policy = policy

@@ -82,6 +82,19 @@ def unfold(value: object) -> str:
     return " ".join(str(value).split())
 
 
+def header_values(message: Message, name: str) -> list[str]:
+    """Every value of header ``name``, unfolded, its 8-bit text read as UTF-8
+    (RFC 6532; what is not UTF-8 becomes U+FFFD).  ``get_all`` would hand 8-bit
+    values over as U+FFFD throughout (compat32 does not know the charset)."""
+    values = []
+    for key, value in message.raw_items():
+        if key.lower() == name.lower():
+            if isinstance(value, str):  # 8-bit bytes arrive as surrogate escapes
+                value = value.encode("ascii", "surrogateescape").decode("utf-8", "replace")
+            values.append(unfold(value))
+    return values
+
+
 def classify(header: bytes, marker: str) -> Kind:
     message = parse_header(header)
     if unfold(message.get(MARKER_HEADER, "")) == marker or marker in str(message.get("Subject", "")):

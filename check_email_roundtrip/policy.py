@@ -13,25 +13,15 @@ The pseudo-method ``header`` covers the Authentication-Results header itself:
 from collections.abc import Iterable
 from typing import Optional
 
-from .verdicts import METHODS, NOT_EVALUATED
+from .verdicts import METHODS, NOT_EVALUATED, RESULT_WORDS
 
 HEADER = "header"
 STATES = ("ok", "warning", "critical", "ignore")
 ANY = "*"
-# RFC 8601 section 2.7 results, plus ours: "missing" (method not evaluated),
-# and for the header itself "missing" and "malformed".
-RESULTS = (
-    "none",
-    "pass",
-    "fail",
-    "softfail",
-    "neutral",
-    "temperror",
-    "permerror",
-    "policy",
-    "hardfail",
-    NOT_EVALUATED,
-)
+# The results a header can give (RFC 8601 section 2.7 and the rest of
+# RESULT_WORDS), plus ours: "missing" (method not evaluated), and for the
+# header itself "missing" and "malformed".
+RESULTS = (*RESULT_WORDS, NOT_EVALUATED)
 HEADER_RESULTS = ("missing", "malformed")
 
 DEFAULT_POLICY: dict[str, dict[str, str]] = {

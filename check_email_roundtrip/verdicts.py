@@ -6,12 +6,21 @@ method, from the Authentication-Results header(s) the probe trusts, plus what
 it ignored and why.  Parsing is ``authres``'s; ``authres`` is imported here
 only, so runs that never read verdicts never load it.
 
+Liberal in separators, strict in meaning: before ``authres`` sees a header,
+``_normalise`` drops the empty separators real receivers write (a semicolon
+after the last result, doubled ones) and, in Microsoft's id-less form only,
+the bare domain it writes between results; ``_escape`` hides UTF-8 (RFC 8616)
+from ``authres``, which knows ASCII only.  What is left must still parse, and
+a reported method's result must be a result word (RESULT_WORDS): anything else
+makes the header "malformed".
+
 Trust (RFC 8601, section 5): anybody can put an Authentication-Results header
 into a message they send.  The receiver adds its own above everything it
 received, so by default only the topmost header is trusted; with
 ``authserv_id`` every header carrying that authserv-id is trusted (for
 receivers that write one header per method, such as OpenDKIM + OpenDMARC),
-and nothing else.
+and nothing else.  A header without an authserv-id (Microsoft 365, Exchange)
+can only be trusted as the topmost one: it names no receiver to match.
 """
 
 from __future__ import annotations
@@ -20,29 +29,54 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .message import parse_header, unfold
+from .message import header_values, parse_header
 
 # The methods reported, each on its own line, in this order.
 METHODS = ("spf", "dkim", "dmarc", "arc")
 # ``result`` of a method the trusted header(s) do not mention.
 NOT_EVALUATED = "missing"
+# What a reported method's result may be: RFC 8601 section 2.7 (with RFC 5451's
+# "hardfail"), and Microsoft's "bestguesspass" (no DMARC record was published;
+# DMARC would have passed had there been one).
+RESULT_WORDS = (
+    "none",
+    "pass",
+    "fail",
+    "softfail",
+    "neutral",
+    "temperror",
+    "permerror",
+    "policy",
+    "hardfail",
+    "bestguesspass",
+)
 # Property values not worth a line (the signature's first bytes).
 _HIDDEN_PROPERTIES = {("header", "b")}
 # "dmarc=fail (p=QUARANTINE sp=NONE dis=NONE)" (Gmail, OpenDMARC) or
 # "(policy=quarantine)" (rspamd): authres drops comments, the policy is in one.
 _POLICY_IN_COMMENT = re.compile(r"\b(?:p|policy)\s*=\s*([a-z]+)", re.I)
-_COMMENT = re.compile(r"\(([^()]*)\)")
 # Longest receiver comment shown with a non-pass verdict.
 _MAX_COMMENT = 120
 # Where receivers say which address the mail came from: rspamd and Gmail in
 # the SPF comment, Microsoft 365 as "sender IP is", others as smtp.remote-ip.
+# Whatever stands there is taken; whether it is an address is the DNS check's
+# question.
 _SENDER_IP = (
-    re.compile(r"designates? \[?([0-9a-f:.]+)\]? as permitted sender", re.I),
-    re.compile(r"sender IP is \[?([0-9a-f:.]+)\]?", re.I),
-    re.compile(r"smtp\.remote-ip=\[?([0-9a-f:.]+)\]?", re.I),
+    re.compile(r"designates? \[?([^\s\[\]()]+?)\]? as permitted sender", re.I),
+    re.compile(r"sender IP is \[?([^\s\[\]()]+?)\]?(?:[\s)]|$)", re.I),
+    re.compile(r"smtp\.remote-ip=\[?([^\s\[\]();]+?)\]?(?:[\s();]|$)", re.I),
 )
-# Microsoft 365 writes Authentication-Results without an authserv-id.
-_STARTS_WITH_RESULT = re.compile(r"^\s*[a-z0-9-]+\s*=\s*[a-z]+", re.I)
+# A header whose first part is already a result ("spf=pass ...") has no
+# authserv-id (Microsoft 365, Exchange): an authserv-id has no "=" in it.
+_STARTS_WITH_RESULT = re.compile(r"[a-z0-9][a-z0-9-]*\s*(?:/\s*[0-9]+\s*)?=", re.I)
+# What Microsoft writes between the results of an id-less header: the
+# recipient's domain ("smtp.mailfrom=example.com; contoso.com; dkim=none ...").
+_BARE_DOMAIN = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\.?", re.I)
+# An IPv6 address as a property value, unquoted (Exim, Fastmail:
+# "smtp.remote-ip=2001:db8::25"); authres wants it quoted, as RFC 8601 does.
+_UNQUOTED_IPV6 = re.compile(r"(\.[a-z0-9_-]+\s*=\s*)([0-9a-f]*:[0-9a-f:.]*)(?=[\s;()]|$)", re.I)
+# Stands in for the missing authserv-id while authres parses an id-less header.
+_NO_ID = "no-authserv-id.invalid"
 
 
 @dataclass(frozen=True)
@@ -69,7 +103,7 @@ class AuthVerdicts:
     header_found: bool  # the receiver wrote an Authentication-Results header
     malformed: str | None = None  # why the trusted header could not be parsed
     ignored: tuple[str, ...] = ()  # one description per ignored header
-    sender_ip: str | None = None  # the address the receiver saw the mail come from
+    sender_ip: str | None = None  # what the receiver says the mail came from (not checked)
 
     def with_dmarc_policy(self, policy: str) -> AuthVerdicts:
         """The same, with the policy from the _dmarc record when the header did not say it."""
@@ -81,53 +115,148 @@ class AuthVerdicts:
         return replace(self, verdicts=verdicts)
 
 
+@dataclass(frozen=True)
+class _Result:
+    """One method's result as the header states it."""
+
+    method: str  # lowercase
+    result: str  # lowercase
+    reason: str | None
+    properties: tuple[tuple[str, str, str], ...]  # (ptype, property, value)
+    comments: tuple[str, ...]  # the receiver's comments in this result's part
+
+
+@dataclass(frozen=True)
+class _Header:
+    authserv_id: str | None  # lowercase; None for the id-less form
+    results: tuple[_Result, ...]
+
+
 class MalformedHeader(Exception):
     pass
 
 
-def _parse(value: str) -> Any:
-    """authres's parse, with the one shim real receivers need."""
+def _split(value: str) -> tuple[list[str], list[list[str]]]:
+    """The parts of a header value between top-level semicolons (not inside a
+    comment or a quoted string), and the comments at the top level of each."""
+    parts: list[str] = []
+    comments: list[list[str]] = []
+    part: list[str] = []
+    found: list[str] = []
+    comment: list[str] = []
+    depth, quoted, escaped = 0, False, False
+    for char in value:
+        if escaped:
+            escaped = False
+        elif char == "\\" and (depth or quoted):
+            escaped = True
+        elif quoted:
+            quoted = char != '"'
+        elif depth:
+            depth += {"(": 1, ")": -1}.get(char, 0)
+            if depth == 0:
+                found.append(" ".join("".join(comment).split()))
+                comment = []
+        elif char == "(":
+            depth = 1
+            part.append(char)
+            continue
+        elif char == '"':
+            quoted = True
+        elif char == ";":
+            parts.append("".join(part).strip())
+            comments.append([text for text in found if text])
+            part, found = [], []
+            continue
+        if depth:
+            comment.append(char)
+        part.append(char)
+    parts.append("".join(part).strip())
+    comments.append([text for text in found if text])
+    return parts, comments
+
+
+def _normalise(value: str) -> tuple[str, bool, list[list[str]]]:
+    """(text for authres, whether the header has no authserv-id, each result's comments).
+
+    Drops empty parts ("...;" at the end, ";;"), and in the id-less form the
+    bare domains Microsoft writes between results; quotes unquoted IPv6
+    property values.  Nothing else changes: what is left must still parse."""
+    parts, comments = _split(value)
+    head, results = parts[0], list(zip(parts[1:], comments[1:]))
+    id_less = bool(_STARTS_WITH_RESULT.match(head))
+    if id_less:
+        results = [(head, comments[0]), *results]
+        results = [(part, found) for part, found in results if not _BARE_DOMAIN.fullmatch(part)]
+        head = _NO_ID
+    results = [(_UNQUOTED_IPV6.sub(r'\1"\2"', part), found) for part, found in results if part]
+    text = "; ".join([head, *(part for part, _ in results)])
+    return text, id_less, [found for _, found in results]
+
+
+def _escape(text: str) -> str:
+    """UTF-8 (RFC 8616) as %XX, which authres takes for ASCII text; "%" too."""
+    from urllib.parse import quote
+
+    return quote(text, safe="".join(chr(code) for code in range(128) if chr(code) != "%"), errors="replace")
+
+
+def _unescape(text: str) -> str:
+    from urllib.parse import unquote
+
+    return unquote(text, errors="replace")
+
+
+def _parse(value: str) -> _Header:
+    """One header's value, through authres, or MalformedHeader saying why not."""
     import authres
 
-    features = authres.all_features()
+    text, id_less, comments = _normalise(value)
     try:
-        try:
-            return features.parse_value(value)
-        except authres.AuthResError:
-            if not _STARTS_WITH_RESULT.match(value):
-                raise
-            # No authserv-id (Microsoft 365): parse the results on their own.
-            parsed = features.parse_value("unnamed; " + value)
-            parsed.authserv_id = None
-            return parsed
+        parsed = authres.all_features().parse_value(_escape(text))
     except Exception as exc:  # authres raises more than AuthResError on odd input
-        raise MalformedHeader(" ".join(str(exc).split())[:160] or exc.__class__.__name__) from None
+        message = _unescape(" ".join(str(exc).split()))[:160]
+        raise MalformedHeader(message or exc.__class__.__name__) from None
+    if len(comments) != len(parsed.results):  # "none": no results, no comments
+        comments = [[] for _ in parsed.results]
+    results = tuple(_result(result, found) for result, found in zip(parsed.results, comments))
+    for result in results:
+        if result.method in METHODS and result.result not in RESULT_WORDS:
+            raise MalformedHeader(f"{result.method}={result.result} is not an RFC 8601 result")
+    return _Header(None if id_less else _unescape(parsed.authserv_id), results)
 
 
-def _comments(raw_value: str, method: str, result: str) -> list[str]:
-    """The comments in one method's part of the raw header (authres drops them)."""
-    segment = re.search(
-        r"(?:^|;)\s*" + re.escape(method) + r"\s*=\s*" + re.escape(result) + r"\b([^;]*)", raw_value, re.I
+def _result(result: Any, comments: list[str]) -> _Result:
+    properties = tuple(
+        (_unescape(prop.type), _unescape(prop.name or ""), _unescape(prop.value))
+        for prop in result.properties
+        if prop.value is not None
     )
-    return [" ".join(text.split()) for text in _COMMENT.findall(segment.group(1))] if segment else []
+    return _Result(
+        method=_unescape(result.method or "").lower(),
+        result=_unescape(result.result or "").lower(),
+        reason=_unescape(result.reason) if getattr(result, "reason", None) else None,
+        properties=properties,
+        comments=tuple(comments),
+    )
 
 
-def _details(result: Any, raw_value: str) -> tuple[str, ...]:
+def _details(result: _Result) -> tuple[str, ...]:
     details = []
-    comments = _comments(raw_value, result.method, result.result or "")
+    comments = list(result.comments)
     if result.method == "dmarc":
         policies = [_POLICY_IN_COMMENT.search(comment) for comment in comments]
         policy = next((match.group(1).lower() for match in policies if match), None)
         if policy:
             details.append(f"p={policy}")
             comments = []  # the policy was the comment's news
-    if (result.result or "").lower() == "pass":
+    if result.result == "pass":
         comments = []
-    if getattr(result, "reason", None):
+    if result.reason:
         details.append(f'reason="{result.reason}"')
-    for prop in result.properties:
-        if (prop.type, prop.name) not in _HIDDEN_PROPERTIES and prop.value is not None:
-            details.append(f"{prop.type}.{prop.name}={prop.value}")
+    for ptype, name, value in result.properties:
+        if (ptype.lower(), name.lower()) not in _HIDDEN_PROPERTIES:
+            details.append(f"{ptype}.{name}={value}")
     if comments:
         # for a non-pass verdict the receiver's comment is often the cause:
         # rspamd's ("invalid DKIM record"), "does not designate 127.0.0.1"
@@ -142,20 +271,31 @@ def _best(first: Verdict | None, second: Verdict) -> Verdict:
     return first
 
 
-def _why_ignored(parsed: Any, trusted: list[tuple[str, Any]], authserv_id: str | None) -> str:
+def _trusted(position: int, header_id: str | None, wanted: str | None) -> bool:
+    """The trust rule.  Without --authserv-id: the topmost header, with or
+    without an authserv-id (the receiver adds its own above all it received).
+    With it: every header carrying that id, and never an id-less one."""
+    if wanted is None:
+        return position == 0
+    return header_id is not None and header_id == wanted
+
+
+def _why_ignored(header: _Header, trusted: list[_Header], authserv_id: str | None) -> str:
     if authserv_id is not None:
+        if header.authserv_id is None:
+            return f"--authserv-id {authserv_id} trusts only headers carrying it"
         return f"authserv-id is not {authserv_id}"
-    if not trusted or parsed.authserv_id != trusted[0][1].authserv_id:
+    if header.authserv_id is None or not trusted or header.authserv_id != trusted[0].authserv_id:
         return "not the topmost"
     # Same authserv-id as the topmost header.  Methods the topmost one already
     # reports, said again below it: what a forger's header looks like.  Only
     # other methods: a receiver writing one header per method.
-    seen = {result.method for result in trusted[0][1].results}
-    if seen & {result.method for result in parsed.results}:
+    seen = {result.method for result in trusted[0].results}
+    if seen & {result.method for result in header.results}:
         return "not the topmost; repeats the receiver's methods: possibly forged"
     return (
         "not the topmost; if the receiver writes one header per method, "
-        f"--authserv-id {parsed.authserv_id} trusts them all"
+        f"--authserv-id {header.authserv_id} trusts them all"
     )
 
 
@@ -169,44 +309,40 @@ def _sender_ip(raw_headers: list[str]) -> str | None:
 
 
 def read_verdicts(header_block: bytes, authserv_id: str | None = None) -> AuthVerdicts:
-    message = parse_header(header_block)
-    raw_headers = [unfold(value) for value in message.get_all("Authentication-Results") or []]
+    raw_headers = header_values(parse_header(header_block), "Authentication-Results")
     wanted = authserv_id.lower() if authserv_id else None
 
-    trusted: list[tuple[str, Any]] = []
+    trusted: list[_Header] = []
+    trusted_raw: list[str] = []
     ignored: list[str] = []
     malformed: str | None = None
     for position, raw in enumerate(raw_headers):
         try:
-            parsed = _parse(raw)
+            header = _parse(raw)
         except MalformedHeader as exc:
             if (wanted is None and position == 0) or (wanted and raw.lower().startswith(wanted)):
                 malformed = str(exc)
             else:
                 ignored.append(f"header {position + 1} (malformed)")
             continue
-        header_id = parsed.authserv_id
-        if (wanted is None and position == 0) or (wanted is not None and header_id == wanted):
-            trusted.append((raw, parsed))
+        if _trusted(position, header.authserv_id, wanted):
+            trusted.append(header)
+            trusted_raw.append(raw)
         else:
-            ignored.append(
-                f"header {position + 1} from {header_id or '(no authserv-id)'} "
-                f"({_why_ignored(parsed, trusted, authserv_id)})"
-            )
+            origin = f"from {header.authserv_id}" if header.authserv_id else "without authserv-id"
+            ignored.append(f"header {position + 1} {origin} ({_why_ignored(header, trusted, authserv_id)})")
 
     verdicts: dict[str, Verdict] = {}
-    for raw, parsed in trusted:
-        for result in parsed.results:
-            method = (result.method or "").lower()
-            if method in METHODS:
-                verdict = Verdict(method, (result.result or "").lower(), _details(result, raw))
-                verdicts[method] = _best(verdicts.get(method), verdict)
-    trusted_id = trusted[0][1].authserv_id if trusted else None
+    for header in trusted:
+        for result in header.results:
+            if result.method in METHODS:
+                verdict = Verdict(result.method, result.result, _details(result))
+                verdicts[result.method] = _best(verdicts.get(result.method), verdict)
     return AuthVerdicts(
-        authserv_id=trusted_id,
+        authserv_id=trusted[0].authserv_id if trusted else None,
         verdicts={method: verdicts.get(method) or Verdict(method, NOT_EVALUATED) for method in METHODS},
         header_found=bool(trusted) or malformed is not None,
         malformed=malformed,
         ignored=tuple(ignored),
-        sender_ip=_sender_ip([raw for raw, _ in trusted]),
+        sender_ip=_sender_ip(trusted_raw),
     )

@@ -296,12 +296,158 @@ def test_authserv_id_trusts_only_that_receiver_even_when_not_topmost():
                 "dmarc=fail (p=quarantine, header.from=example.com)",
             ],
         ),
+        (
+            # no authserv-id, and a semicolon after the last result
+            "microsoft365_trailing_semicolon.txt",
+            None,
+            [
+                "spf=pass (smtp.mailfrom=example.com)",
+                "dkim=pass (header.d=example.com)",
+                "dmarc=pass (header.from=example.com)",
+            ],
+        ),
+        (
+            # "pass(p=...)" without a space, a bare "name=value", a trailing semicolon
+            "yahoo.txt",
+            None,
+            [
+                "spf=pass (smtp.mailfrom=example.com)",
+                "dkim=pass (header.i=@example.com, header.s=s2026)",
+                "dmarc=pass (p=quarantine, header.from=example.com)",
+            ],
+        ),
+        (
+            # Exchange Online Protection in front of Exchange on-premises: no
+            # authserv-id, the recipient's domain between the results
+            "exchange_onprem.txt",
+            None,
+            [
+                "spf=pass (smtp.mailfrom=example.com)",
+                'dkim=none (header.d=none, "message not signed")',
+                "dmarc=bestguesspass (header.from=example.com)",
+            ],
+        ),
+        (
+            # RFC 8616: UTF-8 in the authserv-id, in values and in comments
+            "utf8.txt",
+            "mx.exämple.org",
+            [
+                "spf=pass (smtp.mailfrom=jörg@exämple.com)",
+                'dkim=fail (header.d=exämple.com, header.s=s2026, "Signatur ungültig; Körper verändert")',
+                "dmarc=pass (p=reject, header.from=exämple.com)",
+            ],
+        ),
     ],
 )
 def test_recorded_headers_from_real_receivers(name, authserv_id, expected):
     header = (HEADERS / name).read_bytes().replace(b"\n", b"\r\n") + b"\r\n"
     check = with_verdicts(header, *(["--authserv-id", authserv_id] if authserv_id else []))
     assert check.verbose_str == expected
+
+
+@pytest.mark.parametrize(
+    "name, state, summary",
+    [
+        ("microsoft365_trailing_semicolon.txt", Ok, "round trip 0.142 s (INBOX, queued as 4ABC)"),
+        ("yahoo.txt", Ok, "round trip 0.142 s (INBOX, queued as 4ABC)"),
+        ("exchange_onprem.txt", Warn, 'dkim=none (header.d=none, "message not signed")'),
+        ("utf8.txt", Warn, "dkim=fail (header.d=exämple.com"),
+    ],
+)
+def test_recorded_headers_give_the_state_of_their_verdicts(name, state, summary):
+    header = (HEADERS / name).read_bytes().replace(b"\n", b"\r\n") + b"\r\n"
+    check = with_verdicts(header)
+    assert check.state == state
+    assert check.summary_str.startswith(summary)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "mx.example.test; spf=pass smtp.mailfrom=a@example.test; dkim=pass header.d=example.test;",
+        "mx.example.test; spf=pass smtp.mailfrom=a@example.test;; dkim=pass header.d=example.test",
+        "mx.example.test;spf=pass smtp.mailfrom=a@example.test ; ;dkim=pass header.d=example.test ;;",
+        "mx.example.test;\r\n\tspf=pass\r\n\tsmtp.mailfrom=a@example.test;\r\n"
+        "\tdkim=pass header.d=example.test;",
+        "spf=pass smtp.mailfrom=a@example.test;dkim=pass header.d=example.test;",
+        "spf=pass\tsmtp.mailfrom=a@example.test;;\r\n dkim=pass header.d=example.test ;",
+        "spf=pass smtp.mailfrom=a@example.test; example.test; dkim=pass header.d=example.test;example.test;",
+    ],
+)
+def test_separators_as_receivers_write_them(value):
+    from check_email_roundtrip.verdicts import read_verdicts
+
+    auth = read_verdicts(f"Authentication-Results: {value}\r\nSubject: x\r\n\r\n".encode())
+    assert auth.malformed is None
+    assert [auth.verdicts[method].line() for method in ("spf", "dkim")] == [
+        "spf=pass (smtp.mailfrom=a@example.test)",
+        "dkim=pass (header.d=example.test)",
+    ]
+    assert auth.authserv_id == ("mx.example.test" if value.startswith("mx") else None)
+
+
+def test_result_words_alone_are_results_not_an_authserv_id():
+    from check_email_roundtrip.verdicts import read_verdicts
+
+    auth = read_verdicts(b"Authentication-Results: spf=pass; dkim=pass; dmarc=pass\r\n\r\n")
+    assert auth.authserv_id is None
+    assert [auth.verdicts[m].result for m in ("spf", "dkim", "dmarc")] == ["pass", "pass", "pass"]
+
+
+@pytest.mark.parametrize(
+    "value, reason",
+    [
+        ("mx.example.test; dkim=garbage header.d=example.test;", "dkim=garbage is not an RFC 8601 result"),
+        ("mx.example.test; spf=pass; dkim=dkim_pass;", "dkim=dkim_pass is not an RFC 8601 result"),
+        ("spf=pass smtp.mailfrom=a@example.test; dmarc=success;", "dmarc=success is not an RFC 8601 result"),
+        ("mx.example.test; dkim=;", "Syntax error: Expected result"),
+        ("; spf=pass", "Syntax error: Expected authserv-id"),
+        ("spf=pass; x y z;", 'Syntax error: Expected "="'),
+        ("mx.example.test; spf=pass (unclosed; dkim=pass", "Syntax error: comment"),
+    ],
+)
+def test_garbage_between_separators_stays_malformed(value, reason):
+    check = with_verdicts(f"Authentication-Results: {value}\r\nSubject: x\r\n\r\n".encode())
+    assert check.state == Warn
+    assert check.summary_str.startswith(
+        f"the receiver's Authentication-Results header does not parse: {reason}"
+    )
+
+
+def test_header_without_authserv_id_is_trusted_as_the_topmost_only():
+    from check_email_roundtrip.verdicts import read_verdicts
+
+    microsoft = (HEADERS / "microsoft365_trailing_semicolon.txt").read_bytes().replace(b"\n", b"\r\n")
+    below = read_verdicts(rspamd_header(spf="fail").replace(b"Subject", microsoft + b"Subject"))
+    assert below.verdicts["spf"].result == "fail"
+    assert below.ignored == ("header 2 without authserv-id (not the topmost)",)
+    on_top = read_verdicts(microsoft + rspamd_header(spf="fail"))
+    assert on_top.verdicts["spf"].result == "pass" and on_top.authserv_id is None
+    assert on_top.sender_ip == "192.0.2.58"
+    named = read_verdicts(microsoft + b"\r\n", "mx.example.test")
+    assert not named.header_found and named.verdicts["spf"].result == "missing"
+    assert named.ignored == (
+        "header 1 without authserv-id (--authserv-id mx.example.test trusts only headers carrying it)",
+    )
+    two = read_verdicts(microsoft + microsoft.replace(b"dkim=pass", b"arc=pass") + b"\r\n")
+    assert two.ignored == ("header 2 without authserv-id (not the topmost)",)
+
+
+def test_unquoted_ipv6_property_value_parses():
+    from check_email_roundtrip.verdicts import read_verdicts
+
+    auth = read_verdicts(
+        b"Authentication-Results: mx.example.test; iprev=pass smtp.remote-ip=2001:db8::25 (relay);"
+        b" spf=pass smtp.mailfrom=a@example.test\r\n\r\n"
+    )
+    assert auth.malformed is None and auth.verdicts["spf"].passed
+    assert auth.sender_ip == "2001:db8::25"
+
+
+def test_policy_can_name_microsofts_bestguesspass():
+    header = (HEADERS / "exchange_onprem.txt").read_bytes().replace(b"\n", b"\r\n") + b"\r\n"
+    check = with_verdicts(header, "--auth-policy", "dkim=ok", "--auth-policy", "dmarc:bestguesspass=ok")
+    assert check.state == Ok
 
 
 def test_split_headers_without_authserv_id_trust_the_topmost_and_say_how_to_trust_the_rest():

@@ -7,13 +7,14 @@ from dataclasses import replace
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_dnscheck import TableLookups
 from test_evaluation import delivered, evaluate
 
-from check_email_roundtrip.dnscheck import tag_list
+from check_email_roundtrip.dnscheck import check_records, tag_list
 from check_email_roundtrip.dsn import parse_dsn
 from check_email_roundtrip.errors import Phase, ProbeError
 from check_email_roundtrip.smtp import parse_queue_id, refusal
-from check_email_roundtrip.verdicts import METHODS, read_verdicts
+from check_email_roundtrip.verdicts import METHODS, RESULT_WORDS, read_verdicts
 
 HEADER_TEXT = st.text(alphabet=string.printable + "äé€\u2028", max_size=400)
 RESINFO = st.builds(
@@ -67,6 +68,37 @@ def test_any_authentication_results_give_a_state_and_a_line(values, authserv_id)
     assert all(line and "\n" not in line for line in check.verbose_str or [])
 
 
+WELL_FORMED_RESINFO = st.builds(
+    lambda method, result, comment, props: f"{method}={result}{comment}{props}",
+    st.sampled_from(list(METHODS) + ["iprev", "compauth", "x-foo"]),
+    st.sampled_from(RESULT_WORDS),
+    st.sampled_from(["", " (comment)", "(no space; a semicolon)", ' ("q" (nested))', " (ünïcödé)"]),
+    st.sampled_from(["", " header.d=example.test", " smtp.mailfrom=jörg@exämple.test", " action=none"]),
+)
+SEPARATORS = st.lists(
+    st.sampled_from([";", "; ", " ;", ";;", "; ;", ";\r\n\t", ";\r\n ;"]), min_size=8, max_size=8
+)
+
+
+@SLOW
+@given(
+    st.lists(WELL_FORMED_RESINFO, min_size=1, max_size=6),
+    SEPARATORS,
+    st.booleans(),
+    st.sampled_from(["mx.example.test", "mx.exämple.test", None]),
+)
+def test_empty_separators_change_no_verdict(results, separators, trailing, authserv_id):
+    def header(parts, seps, end):
+        value = parts[0] + "".join(sep + part for sep, part in zip(seps, parts[1:])) + end
+        return f"Authentication-Results: {value}\r\nSubject: x\r\n\r\n".encode()
+
+    parts = ([authserv_id] if authserv_id else []) + results
+    plain = read_verdicts(header(parts, ["; "] * len(parts), ""))
+    liberal = read_verdicts(header(parts, separators, separators[-1] if trailing else ""))
+    assert plain.malformed is None
+    assert liberal == plain
+
+
 @SLOW
 @given(st.binary(max_size=2000))
 def test_any_bytes_as_a_bounce_are_a_bounce_or_nothing(raw):
@@ -100,6 +132,82 @@ def test_any_smtp_reply_makes_a_one_line_error(code, text):
 def test_any_dkim_or_dmarc_record_text_parses_to_tags(text):
     tags = tag_list(text)
     assert all(isinstance(key, str) and isinstance(value, str) for key, value in tags.items())
+
+
+SPF_ARGUMENT = st.one_of(
+    st.sampled_from(
+        [
+            "",
+            ":example.test",
+            ":b.example.test",
+            "=b.example.test",
+            "=example.test",
+            ":",
+            "=",
+            "/33",
+            "/24//64",
+            "//200",
+            ":/abc",
+            ":1.2.3.4/99",
+            ":127.0.0.1",
+            ":zz::/200",
+            ":::1/64",
+            ":%{i}.x.example.test",
+            ":%{z}",
+            ":a..b",
+            ":b.example.test/0",
+        ]
+    ),
+    st.text(max_size=15),
+)
+SPF_TERM = st.builds(
+    lambda qualifier, name, argument: qualifier + name + argument,
+    st.sampled_from(["", "+", "-", "~", "?", "!"]),
+    st.sampled_from(
+        ["all", "include", "a", "mx", "ptr", "ip4", "ip6", "exists", "redirect", "exp", "x", "A"]
+    ),
+    SPF_ARGUMENT,
+)
+SPF_RECORD = st.one_of(
+    st.builds(
+        lambda terms: " ".join(["v=spf1", *terms]), st.lists(st.one_of(SPF_TERM, st.text(max_size=20)))
+    ),
+    st.text(max_size=200),
+)
+SENDER_IP = st.one_of(
+    st.none(),
+    st.sampled_from(
+        ["127.0.0.1", "::1", "::ffff:127.0.0.1", "999.1.1.1", "foo", "fe80::1%eth0", "1.2.3.4/8"]
+    ),
+    st.text(max_size=40),
+)
+DNS_TABLES = dict(
+    a={"example.test": ["127.0.0.1"], "b.example.test": ["::1", "192.0.2.1"]},
+    mx={"example.test": ["b.example.test", "", "."], "b.example.test": ["example.test"]},
+)
+
+
+@SLOW
+@given(st.lists(SPF_RECORD, min_size=1, max_size=2), st.lists(SPF_RECORD, max_size=2), SENDER_IP)
+def test_any_spf_record_and_sender_ip_give_findings_and_notes(records, included, sender_ip):
+    lookups = TableLookups(txt={"example.test": records, "b.example.test": included}, **DNS_TABLES)
+    report = check_records(b"From: probe@example.test\r\n\r\n", "probe@example.test", sender_ip, lookups)
+    assert all(str(finding) for finding in report.findings)
+    assert report.notes[-1].startswith("DNS: ")
+
+
+@SLOW
+@given(
+    st.one_of(st.just("v=1; d=example.test; s=s2026; b=x"), HEADER_TEXT),
+    st.text(max_size=200),
+    st.text(max_size=200),
+    st.one_of(st.just("Probe <probe@example.test>"), HEADER_TEXT),
+)
+def test_any_dkim_and_dmarc_record_or_header_text(signature, dkim_record, dmarc_record, sender):
+    block = f"DKIM-Signature: {signature}\r\nFrom: {sender}\r\n\r\n".encode()
+    txt = {"s2026._domainkey.example.test": [dkim_record], "_dmarc.example.test": [dmarc_record]}
+    report = check_records(block, "probe@example.test", None, TableLookups(txt=txt, **DNS_TABLES))
+    assert all(str(finding) for finding in report.findings)
 
 
 def test_oddly_folded_and_huge_headers():
