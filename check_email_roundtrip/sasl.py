@@ -68,7 +68,7 @@ def describe_challenge(challenge: bytes) -> str:
 
 def challenge_note(mechanism: Mechanism, challenge: bytes) -> str:
     """What to add to the server's final reply: the challenge, in words."""
-    return f"; {mechanism.value.upper()} challenge: {describe_challenge(challenge)}"
+    return f" ({mechanism.value.upper()} challenge: {describe_challenge(challenge)})"
 
 
 def _unbase64(text: str) -> str:

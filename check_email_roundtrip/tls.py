@@ -184,6 +184,11 @@ class _StarttlsContext:
         self.client, self.protocol, self.host, self.port, self.phase = client, protocol, host, port, phase
         self.verify = verify
 
+    def __getattr__(self, name: str) -> Any:
+        # what http.client reads off a context (verify_mode, check_hostname):
+        # the real one's
+        return getattr(self.client.context(self.verify), name)
+
     def wrap_socket(self, sock: socket.socket, **_ignored: Any) -> ssl.SSLSocket:
         # server_hostname is ignored on purpose: the name verified is the one
         # the user gave, whatever the stdlib client remembers.
