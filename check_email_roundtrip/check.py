@@ -25,11 +25,10 @@ import nagiosplugin
 from nagiosplugin.state import Critical, Ok, ServiceState, Unknown, Warn
 
 from .errors import LocalError
-from .facts import PollResult, ProbeResult, RoundtripResult, SmtpTimings, SubmitResult, WatchKind
+from .facts import PollResult, ProbeResult, RoundtripResult, SmtpTimings, Submission, SubmitResult, WatchKind
 from .memory import Remembered
 from .render import SERVICE, Report
 from .settings import Level, Settings
-from .smtp import Submission
 
 if TYPE_CHECKING:
     from .verdicts import AuthVerdicts
@@ -120,7 +119,7 @@ def metrics(
 
 
 def _roundtrip_metrics(result: RoundtripResult) -> Iterator[nagiosplugin.Metric]:
-    from .verdicts import NOT_EVALUATED
+    from .policy import NOT_EVALUATED
 
     Metric = nagiosplugin.Metric
     if result.not_delivered_within is not None:

@@ -12,18 +12,15 @@ import argparse
 import logging
 import os
 import socket
-import ssl
 import sys
-import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from .converters import nagios_range
 from .credentials import Login, Mechanism, Password, TokenSource
 from .errors import Stopped
 from .logins import login_for, read_password, token_source
-from .mask import register_secret
+from .mask import mask, register_secret
 from .memory import default_state_file, state_directory
 from .options import (
     BOUNCE_PASSWORD_ENV,
@@ -53,9 +50,10 @@ from .settings import (
     Security,
     Settings,
     Thresholds,
+    TlsConfig,
     Verdicts,
 )
-from .tls import TlsConfig, load_ca_file
+from .tls import load_ca_file
 
 UNKNOWN = 3
 __all__ = [
@@ -80,13 +78,13 @@ def _no_range() -> Any:
     return nagiosplugin.Range("")
 
 
-@dataclass
 class _Secrets:
     """What the options and the environment say about signing in, read once."""
 
-    smtp_password: Password | None
-    token: TokenSource | None
-    warnings: list[str]  # accepted, but worth a WARNING on every run
+    def __init__(self, smtp_password: Password | None, token: TokenSource | None, warnings: list[str]):
+        self.smtp_password = smtp_password
+        self.token = token
+        self.warnings = warnings  # accepted, but worth a WARNING on every run
 
     def login(
         self, option: str, args: argparse.Namespace, user: str, password: Password | None, password_help: str
@@ -264,6 +262,8 @@ def _memory(args: argparse.Namespace, imap: Endpoint | None) -> Memory:
 
 def _tls(args: argparse.Namespace) -> TlsConfig:
     if args.ca_file:  # load it now: a bad file is a usage error, not a failed probe
+        import ssl
+
         try:
             load_ca_file(args.ca_file)
         except ssl.SSLError as exc:  # before OSError: it is one
@@ -402,7 +402,9 @@ def main(argv: list[str] | None = None, started: float | None = None) -> None:
     except Stopped as exc:  # -t or SIGTERM striking outside the probe
         _unknown(str(exc))
     except BaseException as exc:  # a bug of ours
-        print(f"{SERVICE} UNKNOWN - {one_line(f'{exc.__class__.__name__}: {exc}')}")
+        print(f"{SERVICE} UNKNOWN - {one_line(mask(f'{exc.__class__.__name__}: {exc}'))}")
         if verbose >= 3:  # diagnostics, asked for
-            print(traceback.format_exc().rstrip())
+            import traceback
+
+            print(mask(traceback.format_exc().rstrip()))
         sys.exit(UNKNOWN)

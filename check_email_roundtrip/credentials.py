@@ -13,11 +13,8 @@ filter (``output.register_secret``), including tokens obtained at run time.
 
 from __future__ import annotations
 
-import base64
 import enum
-import shlex
-from dataclasses import dataclass, field
-from typing import Union
+from typing import NamedTuple, Union
 
 
 class Secret:
@@ -58,9 +55,8 @@ class Mechanism(enum.Enum):
         return self.value
 
 
-@dataclass(frozen=True)
-class Password:
-    secret: Secret = field(repr=False)
+class Password(NamedTuple):
+    secret: Secret
     source: str  # where it came from, for -vv: "file /etc/...", "$VARIABLE"
 
     def describe(self) -> str:
@@ -68,34 +64,33 @@ class Password:
 
 
 # -- where an OAuth2 access token comes from ---------------------------------------------------
-@dataclass(frozen=True)
-class StaticToken:
+class StaticToken(NamedTuple):
     """A token refreshed by something else: read from a file or the environment."""
 
-    secret: Secret = field(repr=False)
+    secret: Secret
     source: str
 
     def describe(self) -> str:
         return f"access token from {self.source}"
 
 
-@dataclass(frozen=True)
-class TokenCommand:
+class TokenCommand(NamedTuple):
     """A command that prints a fresh token on its first line (run without a shell)."""
 
     argv: tuple[str, ...]
 
     def describe(self) -> str:
+        import shlex
+
         return f"access token from the command {shlex.join(self.argv)}"
 
 
-@dataclass(frozen=True)
-class TokenEndpoint:
+class TokenEndpoint(NamedTuple):
     """The built-in grant: client credentials, or refresh token when one is given."""
 
     url: str
     client_id: str
-    client_secret: Secret = field(repr=False)
+    client_secret: Secret
     client_secret_source: str
     scope: str | None
     refresh_token_file: str | None
@@ -115,8 +110,7 @@ class TokenEndpoint:
 TokenSource = Union[StaticToken, TokenCommand, TokenEndpoint]
 
 
-@dataclass(frozen=True)
-class OAuth2:
+class OAuth2(NamedTuple):
     source: TokenSource
 
     def describe(self) -> str:
@@ -126,8 +120,7 @@ class OAuth2:
 Credential = Union[Password, OAuth2]
 
 
-@dataclass(frozen=True)
-class Login:
+class Login(NamedTuple):
     user: str
     credential: Credential
     mechanism: Mechanism = Mechanism.PASSWORD
@@ -156,4 +149,6 @@ def token_forms(token: str) -> tuple[str, ...]:
 
 
 def _b64(text: str) -> str:
+    import base64
+
     return base64.b64encode(text.encode("utf-8")).decode("ascii")

@@ -28,9 +28,8 @@ import base64
 import binascii
 import email.utils
 import ipaddress
-from dataclasses import dataclass, field
 from email.message import Message
-from typing import Any
+from typing import Any, NamedTuple
 
 from .deadline import Deadline
 from .message import parse_header
@@ -39,8 +38,7 @@ from .spf import SPF_LOOKUP_LIMIT, Lookups, count_lookups, evaluate, is_domain_n
 _LOOKUP_TIMEOUT = 3.0  # seconds per query, less if -t leaves less
 
 
-@dataclass(frozen=True)
-class DnsFinding:
+class DnsFinding(NamedTuple):
     record: str  # "DKIM key s2026._domainkey.example.test"
     problem: str  # "not published"
 
@@ -48,20 +46,19 @@ class DnsFinding:
         return f"{self.record} {self.problem}"
 
 
-@dataclass(frozen=True)
-class DnsReport:
+class DnsReport(NamedTuple):
     findings: tuple[DnsFinding, ...] = ()
     notes: tuple[str, ...] = ()  # what was looked at, for -v
     dmarc_policy: str | None = None
 
 
-@dataclass
 class _Draft:
     """The report while the checks fill it in."""
 
-    findings: list[DnsFinding] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    dmarc_policy: str | None = None
+    def __init__(self) -> None:
+        self.findings: list[DnsFinding] = []
+        self.notes: list[str] = []
+        self.dmarc_policy: str | None = None
 
 
 class DnsTrouble(Exception):

@@ -9,13 +9,12 @@ not a DSN.  Parsing is the standard library's ``email`` package, through
 from __future__ import annotations
 
 import email.message
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .message import parse_message
 
 
-@dataclass(frozen=True)
-class Bounce:
+class Bounce(NamedTuple):
     action: str  # failed, delayed, delivered, relayed, expanded
     status: str  # "5.1.1"
     diagnostic: str  # the remote server's reply, "550 5.1.1 <x>: ... User unknown"

@@ -11,14 +11,12 @@ its timings then hold the phases that did complete.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, NamedTuple, Union
 
 from .errors import LocalError, ProbeError, Stopped
 from .memory import PendingProbe
 from .session import PhaseTimes
-from .smtp import Submission
 
 if TYPE_CHECKING:
     from .dnscheck import DnsReport
@@ -37,8 +35,18 @@ class WatchKind(enum.Enum):
         return self.value
 
 
-@dataclass(frozen=True)
-class SmtpTimings:
+class Submission(NamedTuple):
+    final_reply: str
+    # Postfix, Exim, Exchange and most others name the queue entry in the final
+    # reply; quoting it lets the admin grep the relay's log for this probe.
+    queue_id: str | None
+    # when MAIL FROM was sent: the round trip starts here
+    mail_from_at: float  # time.monotonic()
+    mail_from_wall: float  # time.time(), for later runs and the log
+    data_wall: float | None = None  # time.time() when DATA was sent (the log, bench/)
+
+
+class SmtpTimings(NamedTuple):
     """Seconds per SMTP phase (see ``smtp.py``); None: did not run or complete."""
 
     connect: float | None = None
@@ -52,8 +60,7 @@ class SmtpTimings:
         return cls(*(times.get(name) for name in ("connect", "starttls", "auth", "submit", "total")))
 
 
-@dataclass(frozen=True)
-class ImapTimings:
+class ImapTimings(NamedTuple):
     """One look into the mailbox: what finding the message cost, step by step."""
 
     connect: float | None = None  # TCP (+ TLS for implicit TLS) + greeting
@@ -73,8 +80,7 @@ class ImapTimings:
         return sum(step for step in steps if step is not None)
 
 
-@dataclass(frozen=True)
-class Arrival:
+class Arrival(NamedTuple):
     """This run's probe, found."""
 
     folder: str
@@ -84,28 +90,24 @@ class Arrival:
     header: bytes  # its header block, for the verdicts
 
 
-@dataclass(frozen=True)
-class Bounced:
+class Bounced(NamedTuple):
     """A bounce of this run's probe came back."""
 
     bounce: Bounce
     after: float  # seconds after MAIL FROM
 
 
-@dataclass(frozen=True)
-class LateArrival:
+class LateArrival(NamedTuple):
     probe: PendingProbe
     delay: float  # seconds from its MAIL FROM to its INTERNALDATE
 
 
-@dataclass(frozen=True)
-class Housekeeping:
+class Housekeeping(NamedTuple):
     deleted: bool | None = None  # --cleanup: this run's message is gone (None: not asked)
     purged: tuple[tuple[str, int], ...] = ()  # --purge-older-than: (folder, count)
 
 
-@dataclass(frozen=True)
-class SubmitResult:
+class SubmitResult(NamedTuple):
     marker: str
     smtp: SmtpTimings
     submission: Submission | None = None
@@ -114,8 +116,7 @@ class SubmitResult:
     oauth_token: float | None = None  # seconds spent getting an access token, when one was requested
 
 
-@dataclass(frozen=True)
-class RoundtripResult:
+class RoundtripResult(NamedTuple):
     marker: str
     smtp: SmtpTimings
     submission: Submission | None = None
@@ -137,8 +138,7 @@ class RoundtripResult:
         return self.arrival.roundtrip if self.arrival else None
 
 
-@dataclass(frozen=True)
-class PollResult:
+class PollResult(NamedTuple):
     since: datetime  # start of the window (UTC)
     imap: ImapTimings | None = None
     matches: int | None = None  # messages matching in the window

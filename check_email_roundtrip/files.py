@@ -16,7 +16,6 @@ import errno
 import fcntl
 import os
 import stat
-import tempfile
 import time
 from typing import Any
 
@@ -68,6 +67,8 @@ def make_private_dir(directory: str) -> None:
 
 def write_private(path: str, data: bytes, mode: int = 0o600, owner: tuple[int, int] | None = None) -> None:
     """Replace ``path`` atomically with ``data`` (a new file renamed into place)."""
+    import tempfile  # only when writing: a run that fails early never needs it
+
     directory = os.path.dirname(path) or "."
     make_private_dir(directory)
     fd, temporary = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=directory)

@@ -165,7 +165,6 @@ class ImapSession(Session):
     def open(self, secret: Secret) -> None:
         """Connect, STARTTLS when asked, sign in with ``secret`` (the
         password, or the access token)."""
-        self.prepare_tls()
         with self.phase(Phase.IMAP_CONNECT, "connect"):
             self._client = _Client(self)
         if self.endpoint.security is Security.STARTTLS:

@@ -13,10 +13,7 @@ first source that is set: ``--oauth-token-file``, ``$CHECK_EMAIL_ROUNDTRIP_OAUTH
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
-import shlex
-from urllib.parse import urlsplit
 
 from .credentials import (
     Login,
@@ -96,6 +93,8 @@ def token_source(args: argparse.Namespace, state_dir: str, warnings: list[str]) 
     if os.environ.get(OAUTH_TOKEN_ENV):
         return StaticToken(Secret(os.environ[OAUTH_TOKEN_ENV].strip()), f"${OAUTH_TOKEN_ENV}")
     if args.oauth_token_command:
+        import shlex
+
         try:
             argv = tuple(shlex.split(args.oauth_token_command))
         except ValueError as exc:
@@ -109,6 +108,9 @@ def token_source(args: argparse.Namespace, state_dir: str, warnings: list[str]) 
 
 
 def _token_endpoint(args: argparse.Namespace, state_dir: str, warnings: list[str]) -> TokenEndpoint:
+    import hashlib
+    from urllib.parse import urlsplit
+
     provider: Provider | None = args.oauth_provider
     url = args.oauth_token_url
     if url is None and provider is not None:

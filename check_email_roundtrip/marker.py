@@ -12,8 +12,8 @@ from ``secrets``).  Why this shape:
   probe message and nothing else.
 """
 
+import os
 import re
-import secrets
 
 MARKER_PREFIX = "emailrtprobe"
 MARKER_RANDOM_BYTES = 12  # 96 bits
@@ -21,7 +21,7 @@ MARKER_PATTERN = re.compile(MARKER_PREFIX + f"[0-9a-f]{{{2 * MARKER_RANDOM_BYTES
 
 
 def new_marker() -> str:
-    return MARKER_PREFIX + secrets.token_hex(MARKER_RANDOM_BYTES)
+    return MARKER_PREFIX + os.urandom(MARKER_RANDOM_BYTES).hex()  # the CSPRNG secrets uses
 
 
 def is_marker(text: str) -> bool:

@@ -15,7 +15,6 @@ one-letter test password does not turn ``/nonexistent`` into
 
 from __future__ import annotations
 
-import base64
 import re
 
 MASK = "********"
@@ -27,6 +26,8 @@ _pattern: re.Pattern[str] | None = None
 
 def forms(secret: str) -> set[str]:
     """The ways a secret may be written back to us."""
+    import base64
+
     quoted = secret.replace("\\", "\\\\").replace('"', '\\"')
     collapsed = " ".join(secret.split())
     encoded = base64.b64encode(secret.encode("utf-8")).decode("ascii")

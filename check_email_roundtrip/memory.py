@@ -21,14 +21,11 @@ a number, NaN, in the far future) are dropped and the file repaired.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import re
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .deadline import Deadline
 from .files import FileLock, read_private, write_private
@@ -42,8 +39,7 @@ MAX_STATE_BYTES = 1024 * 1024
 EARLIEST = 946684800.0  # 2000-01-01
 
 
-@dataclass(frozen=True)
-class PendingProbe:
+class PendingProbe(NamedTuple):
     marker: str
     sent_at: float  # epoch seconds when MAIL FROM was sent
     queue_id: str | None = None
@@ -53,19 +49,24 @@ class PendingProbe:
         return f"probe of {when}" + (f" (queued as {self.queue_id})" if self.queue_id else "")
 
 
-@dataclass
 class Memory:
     """The state file's content."""
 
-    pending: list[PendingProbe] = field(default_factory=list)
-    slow_streak: int = 0  # consecutive runs whose round trip was not OK
-    late: int = 0  # running totals
-    lost: int = 0
-    dropped: int = 0  # entries that made no sense, dropped when read
+    def __init__(
+        self,
+        pending: list[PendingProbe] | None = None,
+        slow_streak: int = 0,
+        late: int = 0,
+        lost: int = 0,
+        dropped: int = 0,
+    ):
+        self.pending = pending or []
+        self.slow_streak = slow_streak  # consecutive runs whose round trip was not OK
+        self.late, self.lost = late, lost  # running totals
+        self.dropped = dropped  # entries that made no sense, dropped when read
 
 
-@dataclass(frozen=True)
-class Change:
+class Change(NamedTuple):
     """What one run adds to the memory."""
 
     arrived: tuple[str, ...] = ()  # markers of earlier probes found late (or judged)
@@ -74,8 +75,7 @@ class Change:
     slow: bool | None = None  # None leaves the streak as it is
 
 
-@dataclass(frozen=True)
-class Remembered:
+class Remembered(NamedTuple):
     """What the state file says after this run was merged into it."""
 
     slow_streak: int = 0
@@ -94,6 +94,8 @@ def state_directory() -> str:
 
 def default_state_file(imap_user: str, imap_host: str, folder: str) -> str:
     """state_directory()/<mailbox>.json, one file per monitored mailbox."""
+    import hashlib
+
     key = f"{imap_user}@{imap_host}/{folder}"
     readable = re.sub(r"[^A-Za-z0-9@._-]+", "_", f"{imap_user}@{imap_host}")[:80]
     digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:10]
@@ -145,6 +147,8 @@ class StateFile:
             return self._remembered(Memory())
 
     def _load(self) -> Memory:
+        import json
+
         info = _lstat(self.path)
         if info is not None and info.st_uid != os.geteuid():
             raise NotOurs("belongs to another user")
@@ -191,6 +195,8 @@ def _lstat(path: str) -> os.stat_result | None:
 
 
 def _dump(memory: Memory) -> bytes:
+    import json
+
     return json.dumps(
         {
             "format": FORMAT,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import ssl
 import threading
 import time
 from typing import Any
@@ -96,6 +95,8 @@ def connection_error(
         return ProbeError(phase, f"{where} refused (nothing listening?)")
     if isinstance(exc, socket.timeout):
         return ProbeError(phase, f"{where}: no answer within {timeout:.1f} s")
+    import ssl  # loaded already when a handshake was made; a refused connect never gets here
+
     if isinstance(exc, ssl.SSLCertVerificationError):
         return ProbeError(phase, f"{where}: certificate not accepted: {exc.verify_message}")
     if isinstance(exc, ssl.SSLError):

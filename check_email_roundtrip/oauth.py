@@ -28,11 +28,8 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
-from dataclasses import dataclass
-from typing import Any
-from urllib.parse import urlencode, urlsplit
+from typing import Any, NamedTuple
 
 from .credentials import Login, Password, Secret, StaticToken, TokenCommand, TokenEndpoint, TokenSource
 from .deadline import Deadline
@@ -55,8 +52,7 @@ ERROR_HINTS = {
 }
 
 
-@dataclass(frozen=True)
-class Obtained:
+class Obtained(NamedTuple):
     token: Secret
     requested: float | None  # seconds spent asking the endpoint or the command; None: from the cache
 
@@ -73,6 +69,8 @@ def obtain(source: TokenSource, deadline: Deadline, tls: TlsClient) -> Obtained:
 
 # -- a command -------------------------------------------------------------------------------
 def _from_command(source: TokenCommand, deadline: Deadline) -> Obtained:
+    import subprocess
+
     name = os.path.basename(source.argv[0])
     timeout = deadline.socket_timeout()
     started = time.monotonic()
@@ -201,12 +199,15 @@ def _number(value: Any, default: float) -> float:
 
 
 def _host(url: str) -> str:
+    from urllib.parse import urlsplit
+
     return urlsplit(url).netloc
 
 
 def _post(url: str, form: dict[str, str], deadline: Deadline, tls: TlsClient) -> dict[str, Any]:
     """POST the form; the JSON answer, or ProbeError with the endpoint's words."""
     import http.client
+    from urllib.parse import urlencode, urlsplit
 
     parts = urlsplit(url)
     host, port = parts.hostname or "", parts.port or 443

@@ -13,8 +13,7 @@ from __future__ import annotations
 import argparse
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from . import __version__
 from .converters import (
@@ -68,8 +67,7 @@ class Kind(enum.Enum):
     COUNT = "count"  # -v, -vv, -vvv
 
 
-@dataclass(frozen=True)
-class Option:
+class Option(NamedTuple):
     flags: tuple[str, ...]
     help: str
     kind: Kind = Kind.VALUE
@@ -89,8 +87,7 @@ class Option:
 
 
 # -- the SMTP and IMAP family, written once ---------------------------------------------------------
-@dataclass(frozen=True)
-class ServerFamily:
+class ServerFamily(NamedTuple):
     name: str  # "smtp": the option prefix
     title: str  # "SMTP"
     default_ports: Mapping[Security, int]
@@ -163,8 +160,7 @@ IMAP_FAMILY = ServerFamily(
 SERVER_FAMILIES = (SMTP_FAMILY, IMAP_FAMILY)
 
 
-@dataclass(frozen=True)
-class Group:
+class Group(NamedTuple):
     title: str | None
     options: tuple[Option, ...]
 

@@ -13,7 +13,25 @@ The pseudo-method ``header`` covers the Authentication-Results header itself:
 from collections.abc import Iterable
 from typing import Optional
 
-from .verdicts import METHODS, NOT_EVALUATED, RESULT_WORDS
+# The methods reported, each on its own line, in this order.
+METHODS = ("spf", "dkim", "dmarc", "arc")
+# ``result`` of a method the trusted header(s) do not mention.
+NOT_EVALUATED = "missing"
+# What a reported method's result may be: RFC 8601 section 2.7 (with RFC 5451's
+# "hardfail"), and Microsoft's "bestguesspass" (no DMARC record was published;
+# DMARC would have passed had there been one).
+RESULT_WORDS = (
+    "none",
+    "pass",
+    "fail",
+    "softfail",
+    "neutral",
+    "temperror",
+    "permerror",
+    "policy",
+    "hardfail",
+    "bestguesspass",
+)
 
 HEADER = "header"
 STATES = ("ok", "warning", "critical", "ignore")

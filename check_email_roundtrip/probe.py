@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +26,7 @@ from .facts import (
     PollResult,
     RoundtripResult,
     SmtpTimings,
+    Submission,
     SubmitResult,
     WatchKind,
 )
@@ -38,7 +38,7 @@ from .oauth import Keyring
 from .output import LOGGER, TRACE
 from .session import PhaseTimes, Trace
 from .settings import Endpoint, Settings
-from .smtp import Submission, submit_message
+from .smtp import submit_message
 from .tls import TlsClient
 
 if TYPE_CHECKING:
@@ -125,30 +125,29 @@ def run_submit(settings: Settings, deadline: Deadline, pending: Sequence[Pending
         return SubmitResult(marker, SmtpTimings.of(times), stopped=exc, oauth_token=keyring.requested)
 
 
-@dataclass
 class _Draft:
     """A round trip's facts while they are being found; frozen at the end."""
 
-    marker: str
-    smtp_times: PhaseTimes = field(default_factory=PhaseTimes)
-    submission: Submission | None = None
-    imap: ImapTimings | None = None
-    arrival: Arrival | None = None
-    bounced: Bounced | None = None
-    not_delivered_within: float | None = None
-    verdicts: Any = None
-    dns: Any = None
-    late: list[LateArrival] = field(default_factory=list)
-    lost: list[PendingProbe] = field(default_factory=list)
-    deleted: bool | None = None
-    purged: list[tuple[str, int]] = field(default_factory=list)
-    error: ProbeError | LocalError | None = None
-    stopped: Stopped | None = None  # -t ran out, or SIGTERM
-    oauth_token: float | None = None
+    def __init__(self, marker: str):
+        self.marker = marker
+        self.smtp_times = PhaseTimes()
+        self.submission: Submission | None = None
+        self.imap: ImapTimings | None = None
+        self.arrival: Arrival | None = None
+        self.bounced: Bounced | None = None
+        self.not_delivered_within: float | None = None
+        self.verdicts: Any = None
+        self.dns: Any = None
+        self.late: list[LateArrival] = []
+        self.lost: list[PendingProbe] = []
+        self.deleted: bool | None = None
+        self.purged: list[tuple[str, int]] = []
+        self.error: ProbeError | LocalError | None = None
+        self.stopped: Stopped | None = None  # -t ran out, or SIGTERM
+        self.oauth_token: float | None = None
 
     def freeze(self) -> RoundtripResult:
-        names = {f.name for f in fields(RoundtripResult)}
-        values = {name: getattr(self, name) for name in names if hasattr(self, name)}
+        values = {name: getattr(self, name) for name in RoundtripResult._fields if hasattr(self, name)}
         values.update(
             smtp=SmtpTimings.of(self.smtp_times),
             late=tuple(self.late),
@@ -384,7 +383,7 @@ def run_poll(settings: Settings, deadline: Deadline, pending: Sequence[PendingPr
         result = PollResult(since, _poll_timings(session), stopped=exc)
     finally:
         session.close()
-    return replace(result, oauth_token=keyring.requested)
+    return result._replace(oauth_token=keyring.requested)
 
 
 def _poll_timings(session: ImapSession) -> ImapTimings:

@@ -10,8 +10,7 @@ change to the probe or the evaluation.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from nagiosplugin.state import ServiceState
@@ -25,8 +24,7 @@ SERVICE = "EMAIL_ROUNDTRIP"
 _PIPE_STANDIN = "\u00a6"  # broken bar
 
 
-@dataclass(frozen=True)
-class Report:
+class Report(NamedTuple):
     state: ServiceState
     summary: str  # the first line's reason
     details: tuple[str, ...]  # the lines below it

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import select
 import socket
-import ssl
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -111,7 +110,7 @@ class Session:
         self.deadline.enter(phase)
         self._step_limit = limit
         self._new_step()
-        started = time.monotonic()
+        started, built = time.monotonic(), self.tls.spent_building
         try:
             yield
         except ProbeError:
@@ -125,7 +124,9 @@ class Session:
             raise self._with_hint(phase, error) from None
         finally:
             self._step_limit = None
-        self.last_seconds = time.monotonic() - started
+        # building the TLS context (the CA store) is our CPU, not the server's
+        # time: it is not part of the phase
+        self.last_seconds = time.monotonic() - started - (self.tls.spent_building - built)
         if bucket is not None:
             self.times.add(bucket, self.last_seconds)
 
@@ -157,12 +158,6 @@ class Session:
         return error
 
     # -- the connection -------------------------------------------------------------
-    def prepare_tls(self) -> None:
-        """Build the TLS context before the connect phase's clock starts: it is
-        our CPU (the CA store), not the server's time."""
-        if self.endpoint.security is not Security.NONE:
-            self.tls.context()
-
     def open_socket(self, connect: Phase, handshake: Phase) -> socket.socket:
         """TCP to the endpoint; the TLS handshake for implicit TLS, or else the
         wait for the greeting, with a quick look whether a silent port speaks
@@ -295,7 +290,8 @@ class Session:
 
 def _readable(sock: socket.socket, seconds: float) -> bool:
     """Whether the server has sent something (or closed) within ``seconds``."""
-    if sock.pending() if isinstance(sock, ssl.SSLSocket) else False:
+    pending = getattr(sock, "pending", None)  # TLS: bytes decrypted already, not on the socket
+    if pending is not None and pending():
         return True
     readable, _, _ = select.select([sock], [], [], max(seconds, 0.0))
     return bool(readable)

@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import nagiosplugin
 
 from .credentials import Login
 from .policy import AuthPolicy
-from .tls import TlsConfig
+
+
+class TlsConfig(NamedTuple):
+    """What the user asked for: whom to trust, or not to verify at all."""
+
+    ca_file: str | None = None
+    insecure: bool = False
 
 
 class Security(enum.Enum):
@@ -47,8 +53,7 @@ class Level(enum.Enum):
         return self.value
 
 
-@dataclass(frozen=True)
-class Endpoint:
+class Endpoint(NamedTuple):
     """One server the probe talks to, how, and as whom."""
 
     host: str
@@ -64,8 +69,7 @@ class Endpoint:
         return f"{self.host}:{self.port} ({self.security})"
 
 
-@dataclass(frozen=True)
-class PollCriteria:
+class PollCriteria(NamedTuple):
     """Poll mode: what mail somebody else sends must look like, and since when."""
 
     subject: str | None
@@ -82,16 +86,14 @@ class PollCriteria:
         return " and ".join(part for part in parts if part)
 
 
-@dataclass(frozen=True)
-class BounceWatch:
+class BounceWatch(NamedTuple):
     """Where bounces of the probe arrive: the sender's mailbox and folder."""
 
     endpoint: Endpoint
     folder: str
 
 
-@dataclass(frozen=True)
-class Thresholds:
+class Thresholds(NamedTuple):
     """-w/-c on the mode's headline figure, and the per-phase budgets."""
 
     # on the round trip (roundtrip mode), the whole SMTP session (submit mode)
@@ -102,8 +104,7 @@ class Thresholds:
     phases: Mapping[str, tuple[nagiosplugin.Range, nagiosplugin.Range]]
 
 
-@dataclass(frozen=True)
-class Memory:
+class Memory(NamedTuple):
     """Memory across runs (roundtrip mode)."""
 
     state_file: str | None = None  # None: --no-state
@@ -111,8 +112,7 @@ class Memory:
     escalate_after: int | None = None  # consecutive not-OK round trips before CRITICAL
 
 
-@dataclass(frozen=True)
-class Elsewhere:
+class Elsewhere(NamedTuple):
     """Where else the probe may land, and clean-up (roundtrip mode)."""
 
     junk_folder: str | None = None  # None: the \\Junk special-use folder, if any
@@ -128,19 +128,17 @@ class Elsewhere:
         return self.cleanup or self.purge_days is not None
 
 
-@dataclass(frozen=True)
-class Verdicts:
+class Verdicts(NamedTuple):
     """The receiver's verdicts and the DNS behind them (roundtrip mode)."""
 
     authserv_id: str | None = None
-    policy: AuthPolicy = field(default_factory=AuthPolicy)
+    policy: AuthPolicy = AuthPolicy()
     dns_checks: bool = False
     nameserver: tuple[str, int] | None = None  # None: the system resolver
     dns_finding_state: Level = Level.WARNING
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(NamedTuple):
     mode: Mode
     smtp: Endpoint | None  # None in poll mode
     imap: Endpoint | None  # None in submit mode
@@ -154,9 +152,9 @@ class Settings:
     timeout: float
     verbose: int
     step_timeout: float = 30.0  # each network step: resolve, connect, one command and its reply
-    verdicts: Verdicts = field(default_factory=Verdicts)
-    memory: Memory = field(default_factory=Memory)
-    elsewhere: Elsewhere = field(default_factory=Elsewhere)
+    verdicts: Verdicts = Verdicts()
+    memory: Memory = Memory()
+    elsewhere: Elsewhere = Elsewhere()
     poll: PollCriteria | None = None  # poll mode only
     config_warnings: tuple[str, ...] = ()  # e.g. a password file every user can read
 

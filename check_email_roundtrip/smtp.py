@@ -22,34 +22,26 @@ smtplib is used through its public API: we hand it a connected socket and a
 from __future__ import annotations
 
 import base64
-import smtplib
+import functools
 import socket
+import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Callable, cast
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from . import sasl
 from .credentials import Login, Mechanism, Secret
 from .deadline import Deadline
 from .errors import Phase, ProbeError
+from .facts import Submission
 from .mask import register_secret
 from .net import connection_error
 from .session import PhaseTimes, Session, Trace, Wire
 from .settings import Endpoint, Security
 from .tls import TlsClient
 
-
-@dataclass(frozen=True)
-class Submission:
-    final_reply: str
-    # Postfix, Exim, Exchange and most others name the queue entry in the final
-    # reply; quoting it lets the admin grep the relay's log for this probe.
-    queue_id: str | None
-    # when MAIL FROM was sent: the round trip starts here
-    mail_from_at: float  # time.monotonic()
-    mail_from_wall: float  # time.time(), for later runs and the log
-    data_wall: float | None = None  # time.time() when DATA was sent (the log, bench/)
+if TYPE_CHECKING:
+    import smtplib
 
 
 def parse_queue_id(reply: str) -> str | None:
@@ -81,20 +73,27 @@ def reply_text(reply: bytes | str) -> str:
 GOODBYE = 2.0
 
 
-class _Client(smtplib.SMTP):
-    """smtplib on a socket the session opened; what it sends is traced."""
+@functools.cache
+def _client_class() -> Callable[[SmtpSession, str], smtplib.SMTP]:
+    """smtplib on a socket the session opened; what it sends is traced.
+    Defined when the first connection is open: a run that cannot connect
+    never loads smtplib (and the email package it brings)."""
+    import smtplib
 
-    def __init__(self, session: SmtpSession, helo_name: str):
-        super().__init__(local_hostname=helo_name)  # no host: no connect of its own
-        self.session = session
+    class Client(smtplib.SMTP):
+        def __init__(self, session: SmtpSession, helo_name: str):
+            super().__init__(local_hostname=helo_name)  # no host: no connect of its own
+            self.session = session
 
-    def send(self, s: Any) -> None:  # smtplib's own signature: str or a buffer
-        data = s.encode(self.command_encoding) if isinstance(s, str) else s
-        if data.endswith(b"\r\n.\r\n") and len(data) > 5:  # the message itself
-            self.session.sent(f"<message data, {len(data)} bytes>".encode())
-        else:
-            self.session.sent(data)
-        super().send(s)
+        def send(self, s: Any) -> None:  # smtplib's own signature: str or a buffer
+            data = s.encode(self.command_encoding) if isinstance(s, str) else s
+            if data.endswith(b"\r\n.\r\n") and len(data) > 5:  # the message itself
+                self.session.sent(f"<message data, {len(data)} bytes>".encode())
+            else:
+                self.session.sent(data)
+            super().send(s)
+
+    return Client
 
 
 def _password(session: SmtpSession, login: Login, secret: str) -> None:
@@ -152,14 +151,24 @@ class SmtpSession(Session):
         self, endpoint: Endpoint, deadline: Deadline, tls: TlsClient, trace: Trace | None, helo_name: str
     ):
         super().__init__(endpoint, deadline, tls, trace)
-        self.client = _Client(self, helo_name)
+        self.helo_name = helo_name
+        self._client: smtplib.SMTP | None = None
         self.challenge: bytes | None = None  # a token mechanism's failure challenge
 
+    @property
+    def client(self) -> smtplib.SMTP:
+        if self._client is None:
+            raise RuntimeError("SMTP session used before connect()")
+        return self._client
+
     def current_socket(self) -> socket.socket | None:
-        return self.client.sock
+        return self._client.sock if self._client is not None else None
 
     def protocol_error(self, phase: Phase, exc: Exception) -> ProbeError | None:
         endpoint = self.endpoint
+        smtplib = sys.modules.get("smtplib")
+        if smtplib is None:  # nothing of smtplib ran yet
+            return None
         if isinstance(exc, smtplib.SMTPServerDisconnected):
             cause = exc.__context__ or exc.__cause__
             if isinstance(cause, OSError):
@@ -173,10 +182,10 @@ class SmtpSession(Session):
 
     # -- the steps ----------------------------------------------------------------
     def connect(self) -> None:
-        self.prepare_tls()
         with self.phase(Phase.SMTP_CONNECT, "connect"):
             sock = self.open_socket(Phase.SMTP_CONNECT, Phase.SMTP_TLS)
-            self.client.sock, self.client.file = sock, Wire(sock, self)
+            self._client = _client_class()(self, self.helo_name)
+            self._client.sock, self._client.file = sock, Wire(sock, self)
             code, text = self.client.getreply()
             if code != 220:
                 raise ProbeError(Phase.SMTP_CONNECT, "greeting refused", code, reply_text(text))
@@ -184,6 +193,8 @@ class SmtpSession(Session):
             self._ehlo(Phase.SMTP_EHLO)
 
     def starttls(self) -> None:
+        import smtplib
+
         with self.phase(Phase.SMTP_STARTTLS, "starttls"):
             if not self.client.has_extn("starttls"):
                 raise ProbeError(
@@ -205,6 +216,8 @@ class SmtpSession(Session):
             self._ehlo(Phase.SMTP_STARTTLS)
 
     def authenticate(self, login: Login, secret: Secret) -> None:
+        import smtplib
+
         with self.phase(Phase.SMTP_AUTH, "auth"):
             if not self.client.has_extn("auth"):
                 raise ProbeError(
@@ -243,6 +256,8 @@ class SmtpSession(Session):
     def submit(
         self, envelope_from: str, recipients: Sequence[str], message: Callable[[], bytes]
     ) -> Submission:
+        import smtplib
+
         client = self.client
         with self.phase(Phase.SMTP_MAIL, "submit"):
             # Non-ASCII addresses need SMTPUTF8 (RFC 6531); smtplib then sends
@@ -287,7 +302,8 @@ class SmtpSession(Session):
             pass
 
     def close(self) -> None:
-        self.client.close()
+        if self._client is not None:
+            self._client.close()
 
     def _ehlo(self, phase: Phase) -> None:
         code, text = self.client.ehlo()

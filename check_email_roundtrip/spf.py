@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
-from typing import Any, Protocol, Union
+from typing import Any, NamedTuple, Protocol, Union
 
 SPF_LOOKUP_LIMIT = 10  # RFC 7208 4.6.4
 _EVALUATION_BUDGET = 30  # lookups we spend ourselves before giving up ("cannot tell")
@@ -86,8 +85,7 @@ _TOPLABEL = re.compile(r"[a-z0-9]*[a-z][a-z0-9]*|[a-z0-9]+-[a-z0-9-]*[a-z0-9]", 
 _VISIBLE = re.compile(r"[!-~]*")
 
 
-@dataclass(frozen=True)
-class SpfTerm:
+class SpfTerm(NamedTuple):
     """One directive or modifier of an SPF record, checked."""
 
     text: str  # as written

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import os
 import socket
-import ssl
 import time
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from .errors import Phase, ProbeError
 from .net import connection_error
+from .settings import TlsConfig
+
+if TYPE_CHECKING:  # ssl is imported where a handshake needs it: a run that fails first never loads it
+    import ssl
 
 # OpenSSL's reasons when what came back is not TLS at all (a greeting in
 # plain text: "220 ...", "* OK ...").
@@ -36,16 +38,7 @@ PLAIN_TEXT_ANSWERS = {
 }
 
 
-@dataclass(frozen=True)
-class TlsConfig:
-    """What the user asked for: whom to trust, or not to verify at all."""
-
-    ca_file: str | None = None
-    insecure: bool = False
-
-
-@dataclass(frozen=True)
-class Handshake:
+class Handshake(NamedTuple):
     """What one completed handshake taught about a server."""
 
     protocol: str  # "SMTP" or "IMAP"
@@ -64,6 +57,8 @@ def load_system_trust(context: ssl.SSLContext) -> None:
     issuer a handshake needs there (about 1 ms); the bundle file would be
     parsed whole first (140 certificates, 25 ms on every run).  With
     SSL_CERT_FILE set, or no hashed directory, the default load is used."""
+    import ssl
+
     paths = ssl.get_default_verify_paths()
     capath = paths.capath
     if not os.environ.get(paths.openssl_cafile_env) and capath and _hashed(capath):
@@ -84,6 +79,8 @@ def _hashed(directory: str) -> bool:
 def load_ca_file(path: str) -> None:
     """Raise ssl.SSLError / OSError if ``path`` holds no usable CA certificate
     (cheap: no system store is loaded for this check)."""
+    import ssl
+
     ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
 
 
@@ -94,12 +91,18 @@ class TlsClient:
         self.config = config
         self._contexts: dict[bool, ssl.SSLContext] = {}
         self.handshakes: list[Handshake] = []
+        # seconds spent building contexts (loading CA stores): our CPU, which
+        # the phase timings leave out
+        self.spent_building = 0.0
 
     def context(self, verify: bool = False) -> ssl.SSLContext:
         """The context for the mail servers (unverified with --insecure), or
         with ``verify`` one that always verifies (the token endpoint)."""
+        import ssl
+
         verified = verify or not self.config.insecure
         if verified not in self._contexts:
+            started = time.monotonic()
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # hostname checked, certificate required
             if verified:
                 load_system_trust(context)
@@ -109,6 +112,7 @@ class TlsClient:
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
             self._contexts[verified] = context
+            self.spent_building += time.monotonic() - started
         return self._contexts[verified]
 
     def handshake(
@@ -124,6 +128,8 @@ class TlsClient:
         """TLS on a connected socket, verified against ``host``; a failure is a
         ProbeError naming ``phase`` and the cause (the socket is then closed).
         A server that answers in plain text gets ``plain_text_hint``."""
+        import ssl
+
         started = time.monotonic()
         try:
             tls = self.context(verify).wrap_socket(sock, server_hostname=host)
@@ -157,6 +163,8 @@ class TlsClient:
         """Whether a port answers a TLS handshake, on a connection of its own
         (nothing verified, nothing sent after it): for telling a silent
         implicit-TLS port from a server that is slow to greet."""
+        import ssl
+
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
         try:
@@ -174,7 +182,7 @@ class TlsClient:
     ) -> ssl.SSLContext:
         """A stand-in for an SSLContext, for smtplib's and imaplib's starttls()
         and http.client: they call nothing on it but wrap_socket."""
-        return cast(ssl.SSLContext, _StarttlsContext(self, protocol, host, port, phase, verify))
+        return cast("ssl.SSLContext", _StarttlsContext(self, protocol, host, port, phase, verify))
 
 
 class _StarttlsContext:

@@ -26,30 +26,11 @@ can only be trusted as the topmost one: it names no receiver to match.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from .message import header_values, parse_header
+from .policy import METHODS, NOT_EVALUATED, RESULT_WORDS
 
-# The methods reported, each on its own line, in this order.
-METHODS = ("spf", "dkim", "dmarc", "arc")
-# ``result`` of a method the trusted header(s) do not mention.
-NOT_EVALUATED = "missing"
-# What a reported method's result may be: RFC 8601 section 2.7 (with RFC 5451's
-# "hardfail"), and Microsoft's "bestguesspass" (no DMARC record was published;
-# DMARC would have passed had there been one).
-RESULT_WORDS = (
-    "none",
-    "pass",
-    "fail",
-    "softfail",
-    "neutral",
-    "temperror",
-    "permerror",
-    "policy",
-    "hardfail",
-    "bestguesspass",
-)
 # Property values not worth a line (the signature's first bytes).
 _HIDDEN_PROPERTIES = {("header", "b")}
 # "dmarc=fail (p=QUARANTINE sp=NONE dis=NONE)" (Gmail, OpenDMARC) or
@@ -79,8 +60,7 @@ _UNQUOTED_IPV6 = re.compile(r"(\.[a-z0-9_-]+\s*=\s*)([0-9a-f]*:[0-9a-f:.]*)(?=[\
 _NO_ID = "no-authserv-id.invalid"
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(NamedTuple):
     method: str
     result: str  # lowercase RFC 8601 result, or NOT_EVALUATED
     details: tuple[str, ...] = ()  # "header.d=example.test", "p=quarantine"
@@ -96,8 +76,7 @@ class Verdict:
         return f"{self.method}={self.result}{details}"
 
 
-@dataclass(frozen=True)
-class AuthVerdicts:
+class AuthVerdicts(NamedTuple):
     authserv_id: str | None  # of the trusted header(s); None when there is none
     verdicts: dict[str, Verdict]  # every method of METHODS, in that order
     header_found: bool  # the receiver wrote an Authentication-Results header
@@ -111,12 +90,11 @@ class AuthVerdicts:
         if verdict.result == NOT_EVALUATED or any(d.startswith("p=") for d in verdict.details):
             return self
         verdicts = dict(self.verdicts)
-        verdicts["dmarc"] = replace(verdict, details=(f"p={policy}", *verdict.details))
-        return replace(self, verdicts=verdicts)
+        verdicts["dmarc"] = verdict._replace(details=(f"p={policy}", *verdict.details))
+        return self._replace(verdicts=verdicts)
 
 
-@dataclass(frozen=True)
-class _Result:
+class _Result(NamedTuple):
     """One method's result as the header states it."""
 
     method: str  # lowercase
@@ -126,8 +104,7 @@ class _Result:
     comments: tuple[str, ...]  # the receiver's comments in this result's part
 
 
-@dataclass(frozen=True)
-class _Header:
+class _Header(NamedTuple):
     authserv_id: str | None  # lowercase; None for the id-less form
     results: tuple[_Result, ...]
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .deadline import SOCKET_MARGIN, Deadline
 from .errors import Phase
@@ -48,24 +48,20 @@ def poll_intervals() -> Iterator[float]:
         yield interval
 
 
-@dataclass
 class Watch:
     """One folder looked into while waiting."""
 
-    session: ImapSession
-    folder: str
-    kind: WatchKind
-    since_uid: int  # UIDNEXT before the probe was sent: everything new is at or above it
-    writable: bool = False
-    checked_uid_next: int = 0  # a side folder's UIDNEXT when it was last searched
-    classified: set[int] = field(default_factory=set)  # UIDs already looked at
-
-    def __post_init__(self) -> None:
-        self.checked_uid_next = self.since_uid
+    def __init__(
+        self, session: ImapSession, folder: str, kind: WatchKind, since_uid: int, writable: bool = False
+    ):
+        self.session, self.folder, self.kind = session, folder, kind
+        self.since_uid = since_uid  # UIDNEXT before the probe was sent: everything new is at or above it
+        self.writable = writable
+        self.checked_uid_next = since_uid  # a side folder's UIDNEXT when it was last searched
+        self.classified: set[int] = set()  # UIDs already looked at
 
 
-@dataclass
-class Sighting:
+class Sighting(NamedTuple):
     """What one round of looking found (at most one of the two)."""
 
     arrival: Arrival | None = None

@@ -1,7 +1,5 @@
 """Facts -> states, first line and perfdata, without any server (fake outcomes)."""
 
-from dataclasses import replace
-
 import pytest
 from nagiosplugin.state import Critical, Ok, Unknown, Warn
 
@@ -95,7 +93,7 @@ def test_failure_is_critical_with_phase_and_server_reply():
 
 def test_not_delivered_is_critical_with_wait_and_queue_id():
     outcome = delivered(roundtrip=None)
-    outcome = replace(outcome, imap=replace(outcome.imap, search=None), not_delivered_within=12.0)
+    outcome = outcome._replace(imap=outcome.imap._replace(search=None), not_delivered_within=12.0)
     check = evaluate(outcome)
     assert check.state == Critical
     assert check.summary_str == "not delivered within 12 s (queued as 4ABC)"
@@ -140,7 +138,7 @@ def with_verdicts(header: bytes, *extra, outcome=None):
     from check_email_roundtrip.verdicts import read_verdicts
 
     outcome = outcome or delivered()
-    outcome = replace(outcome, verdicts=read_verdicts(header, settings(*extra).verdicts.authserv_id))
+    outcome = outcome._replace(verdicts=read_verdicts(header, settings(*extra).verdicts.authserv_id))
     return evaluate(outcome, *extra)
 
 

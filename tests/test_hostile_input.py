@@ -2,7 +2,6 @@
 gives a state and a line, never an uncaught exception."""
 
 import string
-from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -13,8 +12,9 @@ from test_evaluation import delivered, evaluate
 from check_email_roundtrip.dnscheck import check_records, tag_list
 from check_email_roundtrip.dsn import parse_dsn
 from check_email_roundtrip.errors import Phase, ProbeError
+from check_email_roundtrip.policy import METHODS, RESULT_WORDS
 from check_email_roundtrip.smtp import parse_queue_id, refusal
-from check_email_roundtrip.verdicts import METHODS, RESULT_WORDS, read_verdicts
+from check_email_roundtrip.verdicts import read_verdicts
 
 HEADER_TEXT = st.text(alphabet=string.printable + "äé€\u2028", max_size=400)
 RESINFO = st.builds(
@@ -61,7 +61,7 @@ def test_any_authentication_results_give_a_state_and_a_line(values, authserv_id)
     )
     auth = read_verdicts(header.encode("utf-8", "surrogateescape"), authserv_id)
     assert set(auth.verdicts) == set(METHODS)
-    outcome = replace(delivered(), verdicts=auth)
+    outcome = delivered()._replace(verdicts=auth)
     extra = ["--authserv-id", authserv_id] if authserv_id else []
     check = evaluate(outcome, *extra)
     assert check.summary_str and "\n" not in check.summary_str
