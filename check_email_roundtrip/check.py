@@ -18,6 +18,7 @@ prints: this module prints nothing.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -52,6 +53,7 @@ PERFDATA: dict[str, str] = {
     "dns_findings": "number of DNS findings (--dns-checks)",
     # memory across runs (roundtrip mode, unless --no-state)
     "late": "running total of probes that arrived after --wait, found by a later run",
+    "pending": "--no-wait: probes sent and not judged yet, this run's included",
     "lost": "running total of probes still missing after --lost-after",
     # poll mode
     "age": "poll mode: seconds since the newest matching message arrived (its INTERNALDATE)",
@@ -96,6 +98,8 @@ def metrics(
 ) -> Iterator[nagiosplugin.Metric]:
     Metric = nagiosplugin.Metric
     if memory is not None:
+        if isinstance(result, RoundtripResult) and result.no_wait:
+            yield Metric("pending", memory.pending, min=0, context="pending")
         yield Metric("late", memory.late, uom="c", min=0, context="late")
         yield Metric("lost", memory.lost, uom="c", min=0, context="lost")
         yield Metric("slow_streak", memory.slow_streak, context="slow_streak")
@@ -124,6 +128,8 @@ def _roundtrip_metrics(result: RoundtripResult) -> Iterator[nagiosplugin.Metric]
     Metric = nagiosplugin.Metric
     if result.not_delivered_within is not None:
         yield Metric("delivery", result, context="delivery")
+    if result.judged_age is not None:
+        yield Metric("undelivered", result, context="undelivered")
     if result.arrival is not None and result.arrival.kind is WatchKind.JUNK:
         yield Metric("junk", result.arrival, context="junk")
     if result.bounced is not None:
@@ -220,6 +226,8 @@ def fact_contexts(settings: Settings) -> list[nagiosplugin.Context]:
         FactContext(
             "bounce", _always(Critical), lambda b: f"bounced after {b.after:.1f} s: {b.bounce.describe()}"
         ),
+        # --no-wait: the earlier probe still missing, its age against -w/-c
+        FactContext("undelivered", lambda r: _age_state(settings, r.judged_age), _undelivered_text),
         FactContext(
             "junk",
             _always(LEVEL_STATE[settings.elsewhere.junk_state]),
@@ -289,7 +297,7 @@ def threshold_contexts(settings: Settings, headline: str) -> list[nagiosplugin.C
             warning, critical = settings.thresholds.phases.get(label, (None, None))
         contexts.append(nagiosplugin.ScalarContext(label, warning, critical, fmt_metric=_fmt_seconds))
     return contexts + [
-        nagiosplugin.ScalarContext(name) for name in ("dns_findings", "matches", "late", "lost")
+        nagiosplugin.ScalarContext(name) for name in ("dns_findings", "matches", "late", "lost", "pending")
     ]
 
 
@@ -304,7 +312,35 @@ def _submit_ok(result: SubmitResult, settings: Settings) -> str:
 
 def _roundtrip_ok(result: RoundtripResult, settings: Settings) -> str:
     folder = result.arrival.folder if result.arrival else settings.imap_folder
-    return f"round trip {result.roundtrip or 0:.3f} s ({folder}{_queue_id(result.submission)})"
+    if not result.no_wait:
+        return f"round trip {result.roundtrip or 0:.3f} s ({folder}{_queue_id(result.submission)})"
+    submission = result.submission
+    this_run = "this run's probe " + (
+        f"queued as {submission.queue_id}" if submission and submission.queue_id else "sent"
+    )
+    if result.judged is None:
+        return f"first run: nothing earlier to judge; {this_run}"
+    when = time.strftime("%H:%M:%S", time.localtime(result.judged.sent_at))
+    if result.judged_age is not None:
+        return f"the probe of {when} on its way for {result.judged_age:.0f} s; {this_run}"
+    return (
+        f"round trip {result.roundtrip or 0:.0f} s of the probe of {when} ({folder}, by the server's "
+        f"delivery time); {this_run}"
+    )
+
+
+def _age_state(settings: Settings, age: float | None) -> ServiceState:
+    thresholds = settings.thresholds
+    if age is None:
+        return Ok
+    if not thresholds.critical.match(age):
+        return Critical
+    return Warn if not thresholds.warning.match(age) else Ok
+
+
+def _undelivered_text(result: RoundtripResult) -> str:
+    judged = result.judged.describe() if result.judged else "the earlier probe"
+    return f"not delivered after {result.judged_age or 0:.0f} s ({judged})"
 
 
 def _poll_ok(result: PollResult, settings: Settings) -> str:

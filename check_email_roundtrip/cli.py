@@ -260,6 +260,17 @@ def _memory(args: argparse.Namespace, imap: Endpoint | None) -> Memory:
     return Memory(None, args.lost_after)
 
 
+def _no_wait(args: argparse.Namespace) -> bool:
+    if args.no_wait and (args.mode is not Mode.ROUNDTRIP or args.no_state):
+        raise UsageError(
+            "--no-wait needs --mode roundtrip and memory across runs (no --no-state): "
+            "it judges the probes earlier runs remembered"
+        )
+    if args.no_wait and args.wait is not None:
+        raise UsageError("--no-wait does not wait: leave --wait out")
+    return bool(args.no_wait)
+
+
 def _tls(args: argparse.Namespace) -> TlsConfig:
     if args.ca_file:  # load it now: a bad file is a usage error, not a failed probe
         import ssl
@@ -296,6 +307,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         timeout=timeout,
         verbose=min(args.verbose, 3),
         step_timeout=args.step_timeout,
+        no_wait=_no_wait(args),
         verdicts=_verdicts(args),
         memory=_memory(args, imap),
         elsewhere=_elsewhere(args, imap, secrets),
@@ -340,6 +352,7 @@ def effective_settings(settings: Settings) -> list[str]:
         ("--wait", f"{settings.wait:g}"),
         ("--timeout", f"{settings.timeout:g}"),
         ("--step-timeout", f"{settings.step_timeout:g}"),
+        ("--no-wait", settings.no_wait),
         ("--state-file", settings.memory.state_file),
         ("--lost-after", f"{settings.memory.lost_after:g}"),
         ("--escalate-after", settings.memory.escalate_after),

@@ -132,6 +132,12 @@ class RoundtripResult(NamedTuple):
     error: ProbeError | LocalError | None = None
     stopped: Stopped | None = None  # -t ran out, or SIGTERM
     oauth_token: float | None = None  # seconds spent getting an access token, when one was requested
+    # --no-wait: this run only sends; ``arrival``/``bounced`` are those of the
+    # earlier probe judged (``judged``), whose round trip is the server's
+    # delivery time minus its MAIL FROM; ``judged_age`` is set while it is missing
+    no_wait: bool = False
+    judged: PendingProbe | None = None
+    judged_age: float | None = None
 
     @property
     def roundtrip(self) -> float | None:

@@ -154,10 +154,17 @@ class SearchKeys:
     def any_subject(self, words: Sequence[str]) -> SearchKeys:
         """SUBJECT w1 OR SUBJECT w2 ...: RFC 3501's OR takes two keys, so n
         words are n-1 nested ORs in prefix form."""
+        return self._any("SUBJECT", words)
+
+    def any_text(self, words: Sequence[str]) -> SearchKeys:
+        """TEXT w1 OR TEXT w2 ...: header or body (a bounce quotes the probe)."""
+        return self._any("TEXT", words)
+
+    def _any(self, key: str, words: Sequence[str]) -> SearchKeys:
         if not words:
-            raise ValueError("any_subject needs at least one word")
-        keys = ["SUBJECT", quote(words[0])]
+            raise ValueError(f"{key} needs at least one word")
+        keys = [key, quote(words[0])]
         for word in words[1:]:
-            keys = ["OR", *keys, "SUBJECT", quote(word)]
+            keys = ["OR", *keys, key, quote(word)]
         self.keys += keys
         return self

@@ -69,7 +69,8 @@ class Memory:
 class Change(NamedTuple):
     """What one run adds to the memory."""
 
-    arrived: tuple[str, ...] = ()  # markers of earlier probes found late (or judged)
+    arrived: tuple[str, ...] = ()  # markers of earlier probes found late
+    judged: tuple[str, ...] = ()  # --no-wait: markers of earlier probes judged (not counted late)
     lost: tuple[str, ...] = ()  # markers given up on
     new_pending: tuple[PendingProbe, ...] = ()  # this run's probe, when it is not found yet
     slow: bool | None = None  # None leaves the streak as it is
@@ -133,7 +134,7 @@ class StateFile:
                 # counted only by the run that still finds them pending
                 memory.late += len(markers & set(change.arrived))
                 memory.lost += len(markers & set(change.lost))
-                gone = set(change.arrived) | set(change.lost)
+                gone = set(change.arrived) | set(change.lost) | set(change.judged)
                 memory.pending = [p for p in memory.pending if p.marker not in gone] + list(
                     change.new_pending
                 )

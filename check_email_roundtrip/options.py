@@ -335,6 +335,13 @@ def _groups() -> tuple[Group, ...]:
                     metavar="SECONDS",
                 ),
                 Option(
+                    ("--no-wait",),
+                    "roundtrip mode: send this run's probe and judge the probes of earlier runs (their "
+                    "round trip from the server's delivery time), instead of waiting: for schedulers "
+                    "that kill a check after 10-60 s",
+                    kind=Kind.FLAG,
+                ),
+                Option(
                     ("--step-timeout",),
                     f"seconds for each network step (resolve, connect, TLS handshake, one command and its "
                     f"reply, the token request), never more than what is left of -t (default "

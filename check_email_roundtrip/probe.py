@@ -43,6 +43,7 @@ from .tls import TlsClient
 
 if TYPE_CHECKING:
     from .imap import ImapSession
+    from .watch import Watch
 
 log = logging.getLogger(LOGGER)
 
@@ -145,6 +146,9 @@ class _Draft:
         self.error: ProbeError | LocalError | None = None
         self.stopped: Stopped | None = None  # -t ran out, or SIGTERM
         self.oauth_token: float | None = None
+        self.no_wait = False
+        self.judged: PendingProbe | None = None
+        self.judged_age: float | None = None
 
     def freeze(self) -> RoundtripResult:
         values = {name: getattr(self, name) for name in RoundtripResult._fields if hasattr(self, name)}
@@ -163,6 +167,7 @@ def run_roundtrip(
     """Submit a marked message and wait in IMAP until it appears (in the
     folder, in Junk) or bounces; look for ``pending`` probes of earlier runs."""
     draft = _Draft(new_marker())
+    draft.no_wait = settings.no_wait
     log.info("marker %s", draft.marker)
     tls = TlsClient(settings.tls)
     keyring = Keyring(deadline, tls)
@@ -176,6 +181,47 @@ def run_roundtrip(
     return draft.freeze()
 
 
+def open_watches(
+    settings: Settings, deadline: Deadline, tls: TlsClient, keyring: Keyring, sessions: list[ImapSession]
+) -> list[Watch]:
+    """Log in (one session per mailbox: ``sessions`` gets them) and note each
+    watched folder's UIDNEXT: the target first, then Junk, then a bounce
+    folder.  Everything at or above a folder's UIDNEXT arrived after now."""
+    from .imap import ImapSession
+    from .watch import Watch
+
+    imap: Endpoint = _required(settings.imap, "an IMAP server")
+    elsewhere = settings.elsewhere
+    watches: list[Watch] = []
+
+    def session_for(endpoint: Endpoint) -> ImapSession:
+        for session in sessions:
+            if session.endpoint == endpoint:
+                return session
+        session = ImapSession(endpoint, deadline, tls, _tracer(settings))
+        sessions.append(session)
+        session.open(keyring.secret(_required(endpoint.login, "an IMAP login")))
+        return session
+
+    def watch(endpoint: Endpoint, folder: str, kind: WatchKind, writable: bool) -> Watch:
+        session = session_for(endpoint)
+        first = not any(w.session is session for w in watches)
+        since_uid = session.open_folder(folder, writable) if first else session.uid_next_of(folder)
+        log.info("IMAP %s as %s, %s folder %s, UIDNEXT %d", endpoint, endpoint.user, kind, folder, since_uid)
+        return Watch(session, folder, kind, since_uid, writable)
+
+    watches.append(watch(imap, settings.imap_folder, WatchKind.TARGET, elsewhere.writable))
+    junk = elsewhere.junk_folder
+    if junk is None and elsewhere.junk_detect:
+        junk = sessions[0].special_use_folder("\\Junk")
+    if junk and junk != settings.imap_folder:
+        watches.append(watch(imap, junk, WatchKind.JUNK, elsewhere.writable))
+    bounce = elsewhere.bounce
+    if bounce and not (bounce.endpoint == imap and bounce.folder in (settings.imap_folder, junk)):
+        watches.append(watch(bounce.endpoint, bounce.folder, WatchKind.BOUNCE, False))
+    return watches
+
+
 def _roundtrip(
     settings: Settings,
     deadline: Deadline,
@@ -184,96 +230,79 @@ def _roundtrip(
     pending: Sequence[PendingProbe],
     draft: _Draft,
 ) -> None:
-    from .imap import ImapSession
-    from .watch import Watch, Watcher
+    from .watch import Watcher
 
-    imap: Endpoint = _required(settings.imap, "an IMAP server")
-    elsewhere = settings.elsewhere
     sessions: list[ImapSession] = []
     try:
+        if settings.no_wait:
+            from .nowait import judge_earlier
 
-        def session_for(endpoint: Endpoint) -> ImapSession:
-            for session in sessions:
-                if session.endpoint == endpoint:
-                    return session
-            session = ImapSession(endpoint, deadline, tls, _tracer(settings))
-            sessions.append(session)
-            session.open(keyring.secret(_required(endpoint.login, "an IMAP login")))
-            return session
-
-        def watch(endpoint: Endpoint, folder: str, kind: WatchKind, writable: bool) -> Watch:
-            session = session_for(endpoint)
-            first = not any(w.session is session for w in watches)
-            since_uid = session.open_folder(folder, writable) if first else session.uid_next_of(folder)
-            log.info(
-                "IMAP %s as %s, %s folder %s, UIDNEXT %d", endpoint, endpoint.user, kind, folder, since_uid
-            )
-            return Watch(session, folder, kind, since_uid, writable)
-
-        # Log in and note UIDNEXT *before* submitting: everything at or above
-        # it arrived after the probe started, so searches stop there.
-        watches: list[Watch] = []
-        watches.append(watch(imap, settings.imap_folder, WatchKind.TARGET, elsewhere.writable))
-        junk = elsewhere.junk_folder
-        if junk is None and elsewhere.junk_detect:
-            junk = sessions[0].special_use_folder("\\Junk")
-        if junk and junk != settings.imap_folder:
-            watches.append(watch(imap, junk, WatchKind.JUNK, elsewhere.writable))
-        bounce = elsewhere.bounce
-        if bounce and not (bounce.endpoint == imap and bounce.folder in (settings.imap_folder, junk)):
-            watches.append(watch(bounce.endpoint, bounce.folder, WatchKind.BOUNCE, False))
-        watcher = Watcher(watches)
-
-        draft.submission = _submit(settings, deadline, tls, keyring, draft.marker, draft.smtp_times)
-        sighting = watcher.wait(draft.marker, draft.submission.mail_from_at, settings.wait, deadline)
-        log.info("IMAP searches: %d", watcher.searches)
-        if sighting is None:
-            draft.not_delivered_within = settings.wait
+            watches = judge_earlier(settings, deadline, tls, keyring, pending, draft, sessions)
         else:
-            draft.arrival, draft.bounced = sighting.arrival, sighting.bounced
-            if sighting.arrival is not None:
-                session = sessions[0]
-                draft.imap = ImapTimings(
-                    connect=session.times.get("connect"),
-                    starttls=session.times.get("starttls"),
-                    login=session.times.get("login"),
-                    select=session.select_seconds.get(sighting.arrival.folder),
-                    search=sighting.search_seconds,
-                    fetch=sighting.fetch_seconds,
-                    searches=watcher.searches,
-                )
-        target = watches[0]
-        if target.session.selected != target.folder:
-            target.session.open_folder(target.folder, target.writable)
-        look_for_pending(target.session, pending, settings.memory.lost_after, draft)
-        if draft.arrival is not None:
-            arrival = draft.arrival
-            log.info("found UID %d in %s after %.3f s", arrival.uid, arrival.folder, arrival.roundtrip)
-            if elsewhere.cleanup:
-                session = sessions[0]
-                if session.selected != arrival.folder:
-                    session.open_folder(arrival.folder, True)
-                draft.deleted = session.delete([arrival.uid])
-                log.info(
-                    "deleted this run's message: %s",
-                    "done" if draft.deleted else "flagged \\Deleted only (no UIDPLUS to expunge it alone)",
-                )
-        if elsewhere.purge_days is not None:
-            for w in watches:
-                if w.kind is not WatchKind.BOUNCE:
-                    count = purge_old_probes(w.session, w.folder, elsewhere.purge_days)
-                    draft.purged.append((w.folder, count))
-                    log.info(
-                        "purged %d probe messages older than %g days from %s",
-                        count,
-                        elsewhere.purge_days,
-                        w.folder,
+            # Log in and note UIDNEXT *before* submitting: everything at or
+            # above it arrived after the probe started, so searches stop there.
+            watches = open_watches(settings, deadline, tls, keyring, sessions)
+            watcher = Watcher(watches)
+            draft.submission = _submit(settings, deadline, tls, keyring, draft.marker, draft.smtp_times)
+            sighting = watcher.wait(draft.marker, draft.submission.mail_from_at, settings.wait, deadline)
+            log.info("IMAP searches: %d", watcher.searches)
+            if sighting is None:
+                draft.not_delivered_within = settings.wait
+            else:
+                draft.arrival, draft.bounced = sighting.arrival, sighting.bounced
+                if sighting.arrival is not None:
+                    session = sessions[0]
+                    draft.imap = ImapTimings(
+                        connect=session.times.get("connect"),
+                        starttls=session.times.get("starttls"),
+                        login=session.times.get("login"),
+                        select=session.select_seconds.get(sighting.arrival.folder),
+                        search=sighting.search_seconds,
+                        fetch=sighting.fetch_seconds,
+                        searches=watcher.searches,
                     )
+                    log.info(
+                        "found UID %d in %s after %.3f s",
+                        sighting.arrival.uid,
+                        sighting.arrival.folder,
+                        sighting.arrival.roundtrip,
+                    )
+            target = watches[0]
+            if target.session.selected != target.folder:
+                target.session.open_folder(target.folder, target.writable)
+            look_for_pending(target.session, pending, settings.memory.lost_after, draft)
+        _housekeeping(settings, watches, draft)
     finally:
         for session in sessions:
             session.close()
     if draft.arrival is not None:
         _read_receiver_side(settings, deadline, draft)
+
+
+def _housekeeping(settings: Settings, watches: Sequence[Watch], draft: _Draft) -> None:
+    """--cleanup (the message found and judged) and --purge-older-than."""
+    elsewhere = settings.elsewhere
+    arrival = draft.arrival
+    if arrival is not None and elsewhere.cleanup:
+        session = next(w.session for w in watches if w.folder == arrival.folder)
+        if session.selected != arrival.folder or not session.writable:
+            session.open_folder(arrival.folder, True)
+        draft.deleted = session.delete([arrival.uid])
+        log.info(
+            "deleted the probe's message: %s",
+            "done" if draft.deleted else "flagged \\Deleted only (no UIDPLUS to expunge it alone)",
+        )
+    if elsewhere.purge_days is not None:
+        for w in watches:
+            if w.kind is not WatchKind.BOUNCE:
+                count = purge_old_probes(w.session, w.folder, elsewhere.purge_days)
+                draft.purged.append((w.folder, count))
+                log.info(
+                    "purged %d probe messages older than %g days from %s",
+                    count,
+                    elsewhere.purge_days,
+                    w.folder,
+                )
 
 
 def purge_old_probes(session: ImapSession, folder: str, days: float) -> int:

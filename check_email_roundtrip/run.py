@@ -41,7 +41,9 @@ def remember(state: StateFile, result: ProbeResult, settings: Settings, deadline
         return state.merge(deadline, Change())
     new_pending = []
     submission = result.submission
-    if submission is not None and result.arrival is None and result.bounced is None:
+    # --no-wait: this run's probe is always for a later run to judge
+    unseen = result.no_wait or (result.arrival is None and result.bounced is None)
+    if submission is not None and unseen:
         # sent but not seen: not delivered within --wait, or the run stopped
         # (-t, SIGTERM, an IMAP failure) while waiting
         new_pending.append(PendingProbe(result.marker, submission.mail_from_wall, submission.queue_id))
@@ -51,10 +53,14 @@ def remember(state: StateFile, result: ProbeResult, settings: Settings, deadline
         slow = not (
             thresholds.warning.match(result.roundtrip) and thresholds.critical.match(result.roundtrip)
         )
+    elif result.judged_age is not None:
+        slow = not thresholds.warning.match(result.judged_age)
     elif result.not_delivered_within is not None or result.error is not None:
         slow = True
+    settled = result.judged is not None and result.judged_age is None  # arrived or bounced
     change = Change(
         arrived=tuple(late.probe.marker for late in result.late),
+        judged=(result.judged.marker,) if settled and result.judged else (),
         lost=tuple(probe.marker for probe in result.lost),
         new_pending=tuple(new_pending),
         slow=slow,

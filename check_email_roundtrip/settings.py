@@ -152,6 +152,7 @@ class Settings(NamedTuple):
     timeout: float
     verbose: int
     step_timeout: float = 30.0  # each network step: resolve, connect, one command and its reply
+    no_wait: bool = False  # roundtrip mode: send now, judge earlier runs' probes
     verdicts: Verdicts = Verdicts()
     memory: Memory = Memory()
     elsewhere: Elsewhere = Elsewhere()
