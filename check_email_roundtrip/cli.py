@@ -385,9 +385,24 @@ def effective_settings(settings: Settings) -> list[str]:
 
 
 # -- main ------------------------------------------------------------------------------------------
-def _unknown(text: str) -> NoReturn:
-    print(f"{SERVICE} UNKNOWN - {one_line(' '.join(text.split()))}")
-    sys.exit(UNKNOWN)
+def _emit(text: str, exit_code: int) -> NoReturn:
+    """Print and exit.  UTF-8 whatever the locale (a receiver's header may
+    carry any character); a reader gone away (``| head -1``, a killed
+    scheduler) ends the run quietly with its exit code, no traceback."""
+    try:
+        sys.stdout.buffer.write(text.encode("utf-8", "replace"))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # what Python would flush at exit would fail again: point stdout nowhere
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(exit_code)
+
+
+def _unknown(text: str, details: str = "") -> NoReturn:
+    _emit(
+        f"{SERVICE} UNKNOWN - {one_line(' '.join(text.split()))}\n" + (f"{details}\n" if details else ""),
+        UNKNOWN,
+    )
 
 
 def main(argv: list[str] | None = None, started: float | None = None) -> None:
@@ -403,9 +418,7 @@ def main(argv: list[str] | None = None, started: float | None = None) -> None:
         from .run import run_check
 
         report = run_check(settings, started)
-        sys.stdout.write(nagios_text(report, verbose, log_lines()))
-        sys.stdout.flush()
-        sys.exit(report.exit_code)
+        _emit(nagios_text(report, verbose, log_lines()), report.exit_code)
     except UsageError as exc:
         _unknown(f"{exc} (see --help)")
     except KeyboardInterrupt:
@@ -415,9 +428,9 @@ def main(argv: list[str] | None = None, started: float | None = None) -> None:
     except Stopped as exc:  # -t or SIGTERM striking outside the probe
         _unknown(str(exc))
     except BaseException as exc:  # a bug of ours
-        print(f"{SERVICE} UNKNOWN - {one_line(mask(f'{exc.__class__.__name__}: {exc}'))}")
+        details = ""
         if verbose >= 3:  # diagnostics, asked for
             import traceback
 
-            print(mask(traceback.format_exc().rstrip()))
-        sys.exit(UNKNOWN)
+            details = mask(traceback.format_exc().rstrip())
+        _unknown(mask(f"{exc.__class__.__name__}: {exc}"), details)

@@ -42,6 +42,16 @@ def nagios_range(text: str) -> nagiosplugin.Range:
         raise argparse.ArgumentTypeError(f"invalid range {text!r}: {exc}") from None
 
 
+def text(value: str) -> str:
+    """Any text that is sent to a server or printed: one line of it.  CR or
+    LF in an option would start a new command on the wire (or a new line of
+    output that reads like a status line)."""
+    bad = sorted({f"\\x{ord(char):02x}" for char in value if ord(char) < 0x20 or ord(char) == 0x7F})
+    if bad:
+        raise argparse.ArgumentTypeError(f"control characters ({', '.join(bad)}) are not allowed: {value!r}")
+    return value
+
+
 def seconds(text: str) -> float:
     try:
         value = float(text)
@@ -89,10 +99,10 @@ def choice(enum_type: type[enum.Enum]) -> Callable[[str], Any]:
     return convert
 
 
-def header_criterion(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition(":")
+def header_criterion(criterion: str) -> tuple[str, str]:
+    name, sep, value = text(criterion).partition(":")
     if not sep or not name.strip() or " " in name.strip():
-        raise argparse.ArgumentTypeError(f"expected NAME:VALUE: {text!r}")
+        raise argparse.ArgumentTypeError(f"expected NAME:VALUE: {criterion!r}")
     return name.strip(), value.strip()
 
 

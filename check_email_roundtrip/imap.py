@@ -27,7 +27,16 @@ from . import sasl
 from .credentials import Login, Mechanism, Secret
 from .deadline import Deadline
 from .errors import Phase, ProbeError
-from .imapsyntax import ImapSyntaxError, SearchKeys, decode_mailbox, parse_internaldate, quote_mailbox
+from .imapsyntax import (
+    FetchResponse,
+    ImapSyntaxError,
+    SearchKeys,
+    decode_mailbox,
+    fetch_responses,
+    parse_internaldate,
+    quote,
+    quote_mailbox,
+)
 from .mask import register_secret
 from .net import connection_error
 from .session import Session, Trace
@@ -75,7 +84,20 @@ class _Client(imaplib.IMAP4):
 
 
 def _password(session: ImapSession, login: Login, secret: str) -> None:
-    session.client.login(login.user, secret)
+    """LOGIN, with the user name quoted (imaplib sends it as given).  A user
+    name or password that is not ASCII cannot go into LOGIN at all: it goes
+    as AUTHENTICATE PLAIN, which is UTF-8 (RFC 4616), when the server offers it."""
+    if login.user.isascii() and secret.isascii():
+        session.client.login(quote(login.user), secret)
+        return
+    if not session.has("AUTH=PLAIN"):
+        raise ProbeError(
+            Phase.IMAP_LOGIN,
+            "impossible: the user name or password is not ASCII, and the server "
+            "offers no AUTHENTICATE PLAIN to send it in UTF-8",
+        )
+    response = f"\0{login.user}\0{secret}".encode()
+    session.client.authenticate("PLAIN", lambda _challenge: response)
 
 
 def _oauth2(session: ImapSession, login: Login, token: str) -> None:
@@ -274,14 +296,16 @@ class ImapSession(Session):
 
     def fetch_header(self, uid: int) -> bytes:
         """The header block of one message (BODY.PEEK: leaves \\Seen alone)."""
-        for _, payload in self._fetch(str(uid), "(UID BODY.PEEK[HEADER])"):
-            return payload
+        for response in self._fetch(str(uid), "(UID BODY.PEEK[HEADER])"):
+            if response.literal is not None:
+                return response.literal
         raise ProbeError(Phase.IMAP_FETCH, f"failed: no header returned for UID {uid}")
 
     def fetch_message(self, uid: int, limit: int = BOUNCE_READ_LIMIT) -> bytes:
         """A whole (small) message, at most ``limit`` bytes: for bounces only."""
-        for _, payload in self._fetch(str(uid), f"(UID BODY.PEEK[]<0.{limit}>)"):
-            return payload
+        for response in self._fetch(str(uid), f"(UID BODY.PEEK[]<0.{limit}>)"):
+            if response.literal is not None:
+                return response.literal
         raise ProbeError(Phase.IMAP_FETCH, f"failed: no message returned for UID {uid}")
 
     def fetch_subjects(self, uids: list[int]) -> dict[int, str]:
@@ -289,12 +313,9 @@ class ImapSession(Session):
         if not uids:
             return {}
         subjects = {}
-        for items, payload in self._fetch(
-            ",".join(map(str, uids)), "(UID BODY.PEEK[HEADER.FIELDS (SUBJECT)])"
-        ):
-            uid = _fetch_uid(items)
-            if uid is not None:
-                subjects[uid] = " ".join(payload.decode("utf-8", "replace").split())
+        for response in self._fetch(",".join(map(str, uids)), "(UID BODY.PEEK[HEADER.FIELDS (SUBJECT)])"):
+            if response.uid is not None and response.literal is not None:
+                subjects[response.uid] = " ".join(response.literal.decode("utf-8", "replace").split())
         return subjects
 
     def fetch_internaldates(self, uids: list[int]) -> dict[int, datetime.datetime]:
@@ -302,16 +323,10 @@ class ImapSession(Session):
         if not uids:
             return {}
         dates = {}
-        data = self._uid(Phase.IMAP_FETCH, "FETCH", ",".join(map(str, uids)), "(UID INTERNALDATE)")
-        for part in data:
-            line = part[0] if isinstance(part, tuple) else part
-            if not isinstance(line, bytes):
-                continue
-            uid = _fetch_uid(line)
-            date = re.search(rb'INTERNALDATE "([^"]+)"', line)
-            if uid is not None and date:
+        for response in self._fetch(",".join(map(str, uids)), "(UID INTERNALDATE)"):
+            if response.uid is not None and response.internaldate is not None:
                 try:
-                    dates[uid] = parse_internaldate(date.group(1).decode("ascii", "replace"))
+                    dates[response.uid] = parse_internaldate(response.internaldate)
                 except ImapSyntaxError as exc:
                     raise ProbeError(Phase.IMAP_FETCH, f"failed: {exc}") from None
         return dates
@@ -357,15 +372,9 @@ class ImapSession(Session):
                 raise ProbeError(phase, "failed", server_text=_text(data))
         return list(data)
 
-    def _fetch(self, uid_set: str, items: str) -> list[tuple[bytes, bytes]]:
-        """(response items, literal) pairs of a UID FETCH with a literal."""
-        data = self._uid(Phase.IMAP_FETCH, "FETCH", uid_set, items)
-        return [(part[0], part[1]) for part in data if isinstance(part, tuple) and len(part) == 2]
-
-
-def _fetch_uid(items: bytes) -> int | None:
-    match = re.search(rb"\bUID (\d+)", items)
-    return int(match.group(1)) if match else None
+    def _fetch(self, uid_set: str, items: str) -> list[FetchResponse]:
+        """The responses of a UID FETCH, items in any order."""
+        return fetch_responses(self._uid(Phase.IMAP_FETCH, "FETCH", uid_set, items))
 
 
 def _list_entry(line: Any) -> tuple[str, str | None]:

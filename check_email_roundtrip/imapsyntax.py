@@ -17,7 +17,9 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
+import re
 from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 # RFC 3501 "date" and "date-time"; month names are English whatever the locale.
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -168,3 +170,43 @@ class SearchKeys:
             keys = ["OR", *keys, key, quote(word)]
         self.keys += keys
         return self
+
+
+class FetchResponse(NamedTuple):
+    """One untagged FETCH response: its items as text (every part outside
+    literals, in order) and its first literal."""
+
+    text: bytes
+    literal: bytes | None
+
+    @property
+    def uid(self) -> int | None:
+        match = re.search(rb"\bUID (\d+)", self.text)
+        return int(match.group(1)) if match else None
+
+    @property
+    def internaldate(self) -> str | None:
+        match = re.search(rb'\bINTERNALDATE "([^"]+)"', self.text)
+        return match.group(1).decode("ascii", "replace") if match else None
+
+
+def fetch_responses(data: Sequence[Any]) -> list[FetchResponse]:
+    """imaplib's FETCH data as responses, whatever the order of the items: a
+    server may send UID after a literal (Exchange does), which imaplib hands
+    over as a separate piece after the (text, literal) pair."""
+    responses: list[tuple[list[bytes], bytes | None]] = []
+    for part in data:
+        head, literal = (part[0], part[1]) if isinstance(part, tuple) and len(part) == 2 else (part, None)
+        if not isinstance(head, bytes):
+            continue
+        if _RESPONSE_START.match(head) or not responses:
+            responses.append(([head], literal if isinstance(literal, bytes) else None))
+        else:  # what follows a literal belongs to the response before it
+            texts, first = responses[-1]
+            texts.append(head)
+            if first is None and isinstance(literal, bytes):
+                responses[-1] = (texts, literal)
+    return [FetchResponse(b" ".join(texts), literal) for texts, literal in responses]
+
+
+_RESPONSE_START = re.compile(rb"^\d+ \(")

@@ -75,7 +75,9 @@ def judge_earlier(
     from .probe import _submit, open_watches
 
     watches = open_watches(settings, deadline, tls, keyring, sessions)
-    draft.submission = _submit(settings, deadline, tls, keyring, draft.marker, draft.smtp_times)
+    draft.submission, draft.goodbye = _submit(
+        settings, deadline, tls, keyring, draft.marker, draft.smtp_times
+    )
     earlier = sorted(pending, key=lambda probe: probe.sent_at)
     if not earlier:
         log.info("first run: no earlier probe to judge")

@@ -26,6 +26,7 @@ from .converters import (
     policy_rule,
     port,
     seconds,
+    text,
     whole_number,
 )
 from .credentials import Mechanism
@@ -542,7 +543,7 @@ def _add(target: Any, option: Option) -> None:
     elif option.kind is Kind.COUNT:
         settings.update(action="count", default=option.default)
     else:
-        settings.update(type=option.convert, metavar=option.metavar, default=option.default)
+        settings.update(type=option.convert or text, metavar=option.metavar, default=option.default)
         if option.kind is Kind.LIST:
             settings["action"] = "append"
     target.add_argument(*option.flags, **settings)

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from .deadline import Deadline
 from .errors import LocalError, ProbeError, Stopped
@@ -69,7 +69,9 @@ def _required(value: Any, what: str) -> Any:
 
 def _submit(
     settings: Settings, deadline: Deadline, tls: TlsClient, keyring: Keyring, marker: str, times: PhaseTimes
-) -> Submission:
+) -> tuple[Submission, Callable[[], None]]:
+    """Submit the probe; the second value waits for the SMTP goodbye (QUIT,
+    said in the background) and logs the phases."""
     from .message import build_message
 
     smtp: Endpoint = _required(settings.smtp, "an SMTP server")
@@ -77,7 +79,7 @@ def _submit(
     sender: str = _required(settings.envelope_from, "a sender")
     recipient: str = _required(settings.recipient, "a recipient")
     log.info("SMTP %s as %s, from %s to %s", smtp, smtp.user or "(no AUTH)", sender, recipient)
-    submission = submit_message(
+    submission, quit_said = submit_message(
         smtp,
         tls,
         settings.helo_name,
@@ -94,22 +96,23 @@ def _submit(
     log.debug("MAIL FROM sent at %s", _iso(submission.mail_from_wall))
     if submission.data_wall is not None:
         log.debug("DATA sent at %s", _iso(submission.data_wall))
-    timings = SmtpTimings.of(times)
-    log.info(
-        "SMTP phases: %s",
-        ", ".join(
-            f"{name} {value:.3f} s"
-            for name, value in (
-                ("connect", timings.connect),
-                ("starttls", timings.starttls),
-                ("auth", timings.auth),
-                ("submit", timings.submit),
-                ("total", timings.total),
-            )
-            if value is not None
-        ),
-    )
-    return submission
+
+    def goodbye() -> None:
+        quit_said()
+        timings = SmtpTimings.of(times)
+        phases = (
+            ("connect", timings.connect),
+            ("starttls", timings.starttls),
+            ("auth", timings.auth),
+            ("submit", timings.submit),
+            ("total", timings.total),
+        )
+        log.info(
+            "SMTP phases: %s",
+            ", ".join(f"{name} {value:.3f} s" for name, value in phases if value is not None),
+        )
+
+    return submission, goodbye
 
 
 def run_submit(settings: Settings, deadline: Deadline, pending: Sequence[PendingProbe] = ()) -> SubmitResult:
@@ -118,7 +121,8 @@ def run_submit(settings: Settings, deadline: Deadline, pending: Sequence[Pending
     tls = TlsClient(settings.tls)
     keyring = Keyring(deadline, tls)
     try:
-        submission = _submit(settings, deadline, tls, keyring, marker, times)
+        submission, goodbye = _submit(settings, deadline, tls, keyring, marker, times)
+        goodbye()
         return SubmitResult(marker, SmtpTimings.of(times), submission, oauth_token=keyring.requested)
     except (ProbeError, LocalError) as exc:
         return SubmitResult(marker, SmtpTimings.of(times), error=exc, oauth_token=keyring.requested)
@@ -149,6 +153,7 @@ class _Draft:
         self.no_wait = False
         self.judged: PendingProbe | None = None
         self.judged_age: float | None = None
+        self.goodbye: Callable[[], None] = lambda: None  # waits for the SMTP QUIT said in the background
 
     def freeze(self) -> RoundtripResult:
         values = {name: getattr(self, name) for name in RoundtripResult._fields if hasattr(self, name)}
@@ -243,7 +248,9 @@ def _roundtrip(
             # above it arrived after the probe started, so searches stop there.
             watches = open_watches(settings, deadline, tls, keyring, sessions)
             watcher = Watcher(watches)
-            draft.submission = _submit(settings, deadline, tls, keyring, draft.marker, draft.smtp_times)
+            draft.submission, draft.goodbye = _submit(
+                settings, deadline, tls, keyring, draft.marker, draft.smtp_times
+            )
             sighting = watcher.wait(draft.marker, draft.submission.mail_from_at, settings.wait, deadline)
             log.info("IMAP searches: %d", watcher.searches)
             if sighting is None:
@@ -273,6 +280,7 @@ def _roundtrip(
             look_for_pending(target.session, pending, settings.memory.lost_after, draft)
         _housekeeping(settings, watches, draft)
     finally:
+        draft.goodbye()  # QUIT went on while we looked: its 221 (or 2 s) is waited for here
         for session in sessions:
             session.close()
     if draft.arrival is not None:
@@ -288,8 +296,10 @@ def _housekeeping(settings: Settings, watches: Sequence[Watch], draft: _Draft) -
         if session.selected != arrival.folder or not session.writable:
             session.open_folder(arrival.folder, True)
         draft.deleted = session.delete([arrival.uid])
+        whose = "the judged probe's" if draft.no_wait else "this run's"
         log.info(
-            "deleted the probe's message: %s",
+            "deleted %s message: %s",
+            whose,
             "done" if draft.deleted else "flagged \\Deleted only (no UIDPLUS to expunge it alone)",
         )
     if elsewhere.purge_days is not None:

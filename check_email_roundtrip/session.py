@@ -105,9 +105,13 @@ class Session:
 
     # -- phases ---------------------------------------------------------------------
     @contextmanager
-    def phase(self, phase: Phase, bucket: str | None = None, limit: float | None = None) -> Iterator[None]:
-        """One step: ``limit`` caps the step timeout (QUIT, LOGOUT)."""
-        self.deadline.enter(phase)
+    def phase(
+        self, phase: Phase, bucket: str | None = None, limit: float | None = None, names_stage: bool = True
+    ) -> Iterator[None]:
+        """One step: ``limit`` caps the step timeout (QUIT, LOGOUT);
+        ``names_stage`` False for a step in a background thread."""
+        if names_stage:
+            self.deadline.enter(phase)
         self._step_limit = limit
         self._new_step()
         started, built = time.monotonic(), self.tls.spent_building

@@ -25,13 +25,14 @@ import base64
 import functools
 import socket
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable, cast
 
 from . import sasl
 from .credentials import Login, Mechanism, Secret
-from .deadline import Deadline
+from .deadline import GRACE, Deadline
 from .errors import Phase, ProbeError
 from .facts import Submission
 from .mask import register_secret
@@ -60,6 +61,21 @@ def refusal(code: int | None) -> str:
     """4xx is a temporary refusal (rate limit, greylisting, full queue), 5xx a
     permanent one: the admin reads which from the word, the code says it too."""
     return "refused temporarily" if 400 <= (code or 0) < 500 else "rejected"
+
+
+def refused(
+    phase: Phase, code: int | None, reply: bytes | str, expected: int, subject: str = ""
+) -> ProbeError:
+    """The server's refusal of a step, in the words the admin reads: 4xx
+    "refused temporarily", 5xx "rejected" (of ``subject``: "message");
+    anything else was not the answer to that step (``expected`` was)."""
+    text = reply_text(reply)
+    if code is None or not 400 <= code < 600:
+        answer = f"{code}" if code is not None and code >= 100 else "something that is not an SMTP reply"
+        return ProbeError(
+            phase, f"failed: out of step: answered {answer} where {expected} was expected", server_text=text
+        )
+    return ProbeError(phase, f"{subject} {refusal(code)}".strip(), code, text)
 
 
 def reply_text(reply: bytes | str) -> str:
@@ -188,7 +204,11 @@ class SmtpSession(Session):
             self._client.sock, self._client.file = sock, Wire(sock, self)
             code, text = self.client.getreply()
             if code != 220:
-                raise ProbeError(Phase.SMTP_CONNECT, "greeting refused", code, reply_text(text))
+                raise (
+                    ProbeError(Phase.SMTP_CONNECT, "greeting refused", code, reply_text(text))
+                    if code >= 400
+                    else refused(Phase.SMTP_CONNECT, code, text, 220)
+                )
         with self.phase(Phase.SMTP_EHLO, "connect"):
             self._ehlo(Phase.SMTP_EHLO)
 
@@ -208,9 +228,7 @@ class SmtpSession(Session):
                     )
                 )
             except smtplib.SMTPResponseException as exc:
-                raise ProbeError(
-                    Phase.SMTP_STARTTLS, refusal(exc.smtp_code), exc.smtp_code, reply_text(exc.smtp_error)
-                ) from None
+                raise refused(Phase.SMTP_STARTTLS, exc.smtp_code, exc.smtp_error, 220) from None
             # smtplib forgot the old file with the old socket; RFC 3207: ask again
             self.client.file = Wire(cast(socket.socket, self.client.sock), self)
             self._ehlo(Phase.SMTP_STARTTLS)
@@ -245,6 +263,8 @@ class SmtpSession(Session):
     def _auth_refused(self, login: Login, code: int, text: str) -> ProbeError:
         """The refusal, with a token mechanism's decoded challenge, and for a
         password refused as such, what to do instead."""
+        if not 400 <= code < 600:
+            return refused(Phase.SMTP_AUTH, code, text, 235)
         reason = refusal(code)
         if self.challenge is not None:
             text += sasl.challenge_note(login.mechanism, self.challenge)
@@ -273,28 +293,27 @@ class SmtpSession(Session):
             mail_from_at, mail_from_wall = time.monotonic(), time.time()
             code, text = client.mail(envelope_from, options)
             if code != 250:
-                raise ProbeError(Phase.SMTP_MAIL, refusal(code), code, reply_text(text))
+                raise refused(Phase.SMTP_MAIL, code, text, 250)
         with self.phase(Phase.SMTP_RCPT, "submit"):
             for recipient in recipients:
                 code, text = client.rcpt(recipient)
                 if code not in (250, 251):
-                    raise ProbeError(Phase.SMTP_RCPT, refusal(code), code, reply_text(text))
+                    raise refused(Phase.SMTP_RCPT, code, text, 250)
         with self.phase(Phase.SMTP_DATA, "submit"):
             data_wall = time.time()
             try:
                 code, text = client.data(message())
             except smtplib.SMTPDataError as exc:  # the DATA command itself was refused
-                raise ProbeError(
-                    Phase.SMTP_DATA, refusal(exc.smtp_code), exc.smtp_code, reply_text(exc.smtp_error)
-                ) from None
+                raise refused(Phase.SMTP_DATA, exc.smtp_code, exc.smtp_error, 354) from None
             if code != 250:
-                raise ProbeError(Phase.SMTP_DATA, "message " + refusal(code), code, reply_text(text))
+                raise refused(Phase.SMTP_DATA, code, text, 250, "message")
         final_reply = " ".join(f"{code} {reply_text(text)}".split())
         return Submission(final_reply, parse_queue_id(final_reply), mail_from_at, mail_from_wall, data_wall)
 
     def quit(self) -> None:
         try:
-            with self.phase(Phase.SMTP_QUIT, limit=GOODBYE):
+            # in the background: the run's stage is what the main thread does
+            with self.phase(Phase.SMTP_QUIT, limit=GOODBYE, names_stage=False):
                 self.client.quit()
         except ProbeError:
             # The message is accepted once DATA got its 250; a server that
@@ -308,7 +327,7 @@ class SmtpSession(Session):
     def _ehlo(self, phase: Phase) -> None:
         code, text = self.client.ehlo()
         if code != 250:
-            raise ProbeError(phase, refusal(code), code, reply_text(text))
+            raise refused(phase, code, text, 250)
 
 
 def submit_message(
@@ -322,9 +341,12 @@ def submit_message(
     times: PhaseTimes,
     trace: Trace | None = None,
     secret: Secret | None = None,
-) -> Submission:
+) -> tuple[Submission, Callable[[], None]]:
     """Run one SMTP submission; raise ProbeError on the first failing phase.
-    ``times`` gets each completed phase's bucket, and ``total`` at the end."""
+    ``times`` gets each completed phase's bucket, and ``total`` once QUIT is
+    answered.  QUIT is said in the background: the message is the server's
+    once DATA got its 250, and a round trip must not wait for a slow 221.
+    The second value waits for that goodbye (at most GOODBYE seconds)."""
     session = SmtpSession(endpoint, deadline, tls, trace, helo_name)
     session.times = times
     started = time.monotonic()
@@ -337,8 +359,17 @@ def submit_message(
                 raise RuntimeError("a login without its secret")
             session.authenticate(endpoint.login, secret)
         submission = session.submit(envelope_from, recipients, message)
-        session.quit()
-        times.add("total", time.monotonic() - started)
-        return submission
-    finally:
+    except BaseException:
         session.close()
+        raise
+
+    def goodbye() -> None:
+        try:
+            session.quit()
+            times.add("total", time.monotonic() - started)
+        finally:
+            session.close()
+
+    worker = threading.Thread(target=goodbye, name="smtp-quit", daemon=True)
+    worker.start()
+    return submission, lambda: worker.join(GOODBYE + GRACE)
