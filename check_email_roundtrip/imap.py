@@ -41,7 +41,7 @@ from .mask import register_secret
 from .net import connection_error
 from .session import Session, Trace
 from .settings import Endpoint, Security
-from .tls import TlsClient
+from .tls import OldTlsOnly, TlsClient
 
 # Largest part of a message the probe reads whole (a bounce, to read its DSN).
 BOUNCE_READ_LIMIT = 256 * 1024
@@ -143,6 +143,7 @@ GOODBYE = 2.0
 class ImapSession(Session):
     protocol = "IMAP"
     security_option = "--imap-security"
+    starttls_dialogue = ((b"", b"* OK"), (b"c0 STARTTLS\r\n", b"c0 OK"))
     # A SEARCH answer for a big folder (purge, late probes) is one long line,
     # a LIST of many folders many lines; a header block or a bounce's first
     # 256 KiB a literal.  Far beyond that is a broken or hostile server.
@@ -150,8 +151,15 @@ class ImapSession(Session):
     reply_limit = 4 * 1024 * 1024
     literal_limit = 4 * 1024 * 1024
 
-    def __init__(self, endpoint: Endpoint, deadline: Deadline, tls: TlsClient, trace: Trace | None):
-        super().__init__(endpoint, deadline, tls, trace)
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        deadline: Deadline,
+        tls: TlsClient,
+        trace: Trace | None,
+        address_family: int = socket.AF_UNSPEC,
+    ):
+        super().__init__(endpoint, deadline, tls, trace, address_family)
         self._client: _Client | None = None
         self.selected: str | None = None  # the folder currently open
         self.writable = False  # ... with SELECT rather than EXAMINE
@@ -187,18 +195,12 @@ class ImapSession(Session):
     def open(self, secret: Secret) -> None:
         """Connect, STARTTLS when asked, sign in with ``secret`` (the
         password, or the access token)."""
-        with self.phase(Phase.IMAP_CONNECT, "connect"):
-            self._client = _Client(self)
-        if self.endpoint.security is Security.STARTTLS:
-            with self.phase(Phase.IMAP_STARTTLS, "starttls"):
-                if "STARTTLS" not in self.client.capabilities:
-                    raise ProbeError(
-                        Phase.IMAP_STARTTLS, "not offered by the server: refusing to continue without TLS"
-                    )
-                endpoint = self.endpoint
-                self.client.starttls(
-                    self.tls.for_starttls(self.protocol, endpoint.host, endpoint.port, Phase.IMAP_STARTTLS)
-                )
+        try:
+            self._connect_and_starttls()
+        except OldTlsOnly:  # allowed now: once more from the start, to see and say what it speaks
+            self._hang_up()
+            self.times.clear()
+            self._connect_and_starttls()
         login = self.endpoint.login
         if login is None:
             raise ProbeError(Phase.IMAP_LOGIN, "impossible: no IMAP user")
@@ -217,6 +219,17 @@ class ImapSession(Session):
                     text += sasl.challenge_note(login.mechanism, self.challenge)
                 raise ProbeError(phase, f"rejected for {login.user}", server_text=text) from None
             self._refresh_capabilities()
+
+    def _connect_and_starttls(self) -> None:
+        with self.phase(Phase.IMAP_CONNECT, "connect"):
+            self._client = _Client(self)
+        if self.endpoint.security is Security.STARTTLS:
+            with self.phase(Phase.IMAP_STARTTLS, "starttls"):
+                if "STARTTLS" not in self.client.capabilities:
+                    raise ProbeError(
+                        Phase.IMAP_STARTTLS, "not offered by the server: refusing to continue without TLS"
+                    )
+                self.client.starttls(self.starttls_context(Phase.IMAP_STARTTLS))
 
     def _refresh_capabilities(self) -> None:
         """Servers announce more after LOGIN (UIDPLUS, SPECIAL-USE): take what
@@ -357,6 +370,11 @@ class ImapSession(Session):
         except ProbeError:
             pass
         finally:
+            self._hang_up()
+
+    def _hang_up(self) -> None:
+        """Close the connection without a word (the handshake broke it)."""
+        if self._client is not None:
             try:
                 self._client.shutdown()
             except (OSError, ValueError):

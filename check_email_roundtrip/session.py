@@ -21,19 +21,26 @@ hidden.
 
 from __future__ import annotations
 
+import logging
 import select
 import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import BinaryIO, Callable, ClassVar
+from typing import TYPE_CHECKING, BinaryIO, Callable, ClassVar
 
 from .deadline import MIN_SOCKET_TIMEOUT, Deadline
 from .errors import OverLimit, Phase, ProbeError, StepExpired
 from .mask import mask
 from .net import connect_tcp, connection_error
+from .output import LOGGER
 from .settings import Endpoint, Security
-from .tls import TlsClient
+from .tls import OldTlsOnly, TlsClient
+
+if TYPE_CHECKING:
+    import ssl
+
+log = logging.getLogger(LOGGER)
 
 Trace = Callable[[str], None]
 # How long a plain-text client waits for a greeting before it looks whether
@@ -56,6 +63,10 @@ class PhaseTimes:
 
     def get(self, bucket: str) -> float | None:
         return self._seconds.get(bucket)
+
+    def clear(self) -> None:
+        """Forget what was timed: a connection begun again from the start."""
+        self._seconds.clear()
 
 
 class Wire:
@@ -90,7 +101,14 @@ class Session:
     reply_limit: ClassVar[int] = 64 * 1024
     literal_limit: ClassVar[int] = 4 * 1024 * 1024
 
-    def __init__(self, endpoint: Endpoint, deadline: Deadline, tls: TlsClient, trace: Trace | None):
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        deadline: Deadline,
+        tls: TlsClient,
+        trace: Trace | None,
+        address_family: int = socket.AF_UNSPEC,
+    ):
         self.endpoint = endpoint
         self.deadline = deadline
         self.tls = tls
@@ -102,6 +120,7 @@ class Session:
         self._hidden: str | None = None  # what the trace shows instead of sent lines
         self._reply_bytes = 0  # read since the last command was sent
         self._step_limit: float | None = None  # the current phase's cap on its steps
+        self.address_family = address_family  # -4, -6, or any
 
     # -- phases ---------------------------------------------------------------------
     @contextmanager
@@ -167,21 +186,72 @@ class Session:
         wait for the greeting, with a quick look whether a silent port speaks
         TLS.  Runs inside the caller's connect phase."""
         endpoint = self.endpoint
-        sock = connect_tcp(endpoint.host, endpoint.port, self.timeout, connect)
+        sock = self._connect(connect)
         if endpoint.security is Security.TLS:
             self.deadline.enter(handshake)
-            sock = self.tls.handshake(
-                sock,
-                self.protocol,
-                endpoint.host,
-                endpoint.port,
-                handshake,
-                plain_text_hint=f"use {self.security_option} starttls",
-            )
+            try:
+                sock = self._handshake(sock, handshake)
+            except OldTlsOnly:  # allowed now: once more, to see and say what it speaks
+                sock = self._handshake(self._connect(connect), handshake)
             self.deadline.enter(connect)
         else:
             self._await_greeting(sock, connect)
         return sock
+
+    def _connect(self, phase: Phase) -> socket.socket:
+        endpoint = self.endpoint
+        sock = connect_tcp(endpoint.host, endpoint.port, self.timeout, phase, self.address_family)
+        log.info(
+            "%s %s:%d: connected to %s", self.protocol, endpoint.host, endpoint.port, sock.getpeername()[0]
+        )
+        return sock
+
+    def _handshake(self, sock: socket.socket, phase: Phase) -> socket.socket:
+        endpoint = self.endpoint
+        return self.tls.handshake(
+            sock,
+            self.protocol,
+            endpoint.host,
+            endpoint.port,
+            phase,
+            plain_text_hint=f"use {self.security_option} starttls",
+            diagnose=self.fetch_certificate,
+        )
+
+    def starttls_context(self, phase: Phase) -> ssl.SSLContext:
+        """What the stdlib client's starttls() gets: the one handshake site."""
+        endpoint = self.endpoint
+        return self.tls.for_starttls(
+            self.protocol, endpoint.host, endpoint.port, phase, diagnose=self.fetch_certificate
+        )
+
+    # The plain-text steps before a STARTTLS handshake: (what to send, the
+    # start of the answer that lets us go on); other answers end the look.
+    starttls_dialogue: ClassVar[tuple[tuple[bytes, bytes], ...]] = ()
+
+    def fetch_certificate(self) -> bytes | None:
+        """The server's certificate, fetched again on a connection of its own
+        without verification: to say why it was refused.  None if that fails."""
+        endpoint = self.endpoint
+        try:
+            sock = connect_tcp(
+                endpoint.host, endpoint.port, self.timeout, Phase.IMAP_CONNECT, self.address_family
+            )
+        except ProbeError:
+            return None
+        if endpoint.security is Security.STARTTLS:
+            try:
+                lines = sock.makefile("rb")
+                for send, expect in self.starttls_dialogue:
+                    if send:
+                        sock.sendall(send)
+                    if not _answered(lines, expect):
+                        sock.close()
+                        return None
+            except OSError:
+                sock.close()
+                return None
+        return self.tls.peek_certificate(sock, endpoint.host)
 
     def _await_greeting(self, sock: socket.socket, phase: Phase) -> None:
         """Servers greet at once; a port that stays silent and answers a TLS
@@ -290,6 +360,18 @@ class Session:
     def received_literal(self, data: bytes) -> None:
         if self.trace is not None:
             self.trace(f"{self.protocol} < <literal of {len(data)} bytes>")
+
+
+def _answered(lines: BinaryIO, expect: bytes) -> bool:
+    """Read a reply up to its final line; whether that starts with ``expect``
+    (SMTP "250-" lines and IMAP untagged "* " lines come before it)."""
+    for _ in range(100):
+        line = lines.readline(8192)
+        if line.startswith(expect):
+            return True
+        if not line or not (line[3:4] == b"-" or (line.startswith(b"* ") and not expect.startswith(b"*"))):
+            return False
+    return False
 
 
 def _readable(sock: socket.socket, seconds: float) -> bool:

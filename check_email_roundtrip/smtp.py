@@ -39,7 +39,7 @@ from .mask import register_secret
 from .net import connection_error
 from .session import PhaseTimes, Session, Trace, Wire
 from .settings import Endpoint, Security
-from .tls import TlsClient
+from .tls import OldTlsOnly, TlsClient
 
 if TYPE_CHECKING:
     import smtplib
@@ -162,11 +162,22 @@ PASSWORD_REFUSALS = (
 class SmtpSession(Session):
     protocol = "SMTP"
     security_option = "--smtp-security"
+    starttls_dialogue = (
+        (b"", b"220 "),
+        (b"EHLO check-email-roundtrip\r\n", b"250 "),
+        (b"STARTTLS\r\n", b"220 "),
+    )
 
     def __init__(
-        self, endpoint: Endpoint, deadline: Deadline, tls: TlsClient, trace: Trace | None, helo_name: str
+        self,
+        endpoint: Endpoint,
+        deadline: Deadline,
+        tls: TlsClient,
+        trace: Trace | None,
+        helo_name: str,
+        address_family: int = socket.AF_UNSPEC,
     ):
-        super().__init__(endpoint, deadline, tls, trace)
+        super().__init__(endpoint, deadline, tls, trace, address_family)
         self.helo_name = helo_name
         self._client: smtplib.SMTP | None = None
         self.challenge: bytes | None = None  # a token mechanism's failure challenge
@@ -220,13 +231,8 @@ class SmtpSession(Session):
                 raise ProbeError(
                     Phase.SMTP_STARTTLS, "not offered by the server: refusing to continue without TLS"
                 )
-            endpoint = self.endpoint
             try:
-                self.client.starttls(
-                    context=self.tls.for_starttls(
-                        self.protocol, endpoint.host, endpoint.port, Phase.SMTP_STARTTLS
-                    )
-                )
+                self.client.starttls(context=self.starttls_context(Phase.SMTP_STARTTLS))
             except smtplib.SMTPResponseException as exc:
                 raise refused(Phase.SMTP_STARTTLS, exc.smtp_code, exc.smtp_error, 220) from None
             # smtplib forgot the old file with the old socket; RFC 3207: ask again
@@ -324,6 +330,19 @@ class SmtpSession(Session):
         if self._client is not None:
             self._client.close()
 
+    def connect_and_starttls(self) -> None:
+        try:
+            self._connect_and_starttls()
+        except OldTlsOnly:  # allowed now: once more from the start, to see and say what it speaks
+            self.close()
+            self.times.clear()
+            self._connect_and_starttls()
+
+    def _connect_and_starttls(self) -> None:
+        self.connect()
+        if self.endpoint.security is Security.STARTTLS:
+            self.starttls()
+
     def _ehlo(self, phase: Phase) -> None:
         code, text = self.client.ehlo()
         if code != 250:
@@ -341,19 +360,18 @@ def submit_message(
     times: PhaseTimes,
     trace: Trace | None = None,
     secret: Secret | None = None,
+    address_family: int = socket.AF_UNSPEC,
 ) -> tuple[Submission, Callable[[], None]]:
     """Run one SMTP submission; raise ProbeError on the first failing phase.
     ``times`` gets each completed phase's bucket, and ``total`` once QUIT is
     answered.  QUIT is said in the background: the message is the server's
     once DATA got its 250, and a round trip must not wait for a slow 221.
     The second value waits for that goodbye (at most GOODBYE seconds)."""
-    session = SmtpSession(endpoint, deadline, tls, trace, helo_name)
+    session = SmtpSession(endpoint, deadline, tls, trace, helo_name, address_family)
     session.times = times
     started = time.monotonic()
     try:
-        session.connect()
-        if endpoint.security is Security.STARTTLS:
-            session.starttls()
+        session.connect_and_starttls()
         if endpoint.login is not None:
             if secret is None:
                 raise RuntimeError("a login without its secret")
