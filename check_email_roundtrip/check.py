@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import nagiosplugin
 from nagiosplugin.state import Critical, Ok, ServiceState, Unknown, Warn
@@ -32,6 +33,7 @@ from .render import SERVICE, Report
 from .settings import Level, Settings
 
 if TYPE_CHECKING:
+    from .tls import Handshake
     from .verdicts import AuthVerdicts
 
 # label -> what it measures.  The README's table is checked against this one.
@@ -51,6 +53,9 @@ PERFDATA: dict[str, str] = {
     "auth_dmarc": "the receiver's DMARC verdict: 1 pass, 0 not pass",
     "auth_arc": "the receiver's ARC verdict, when it evaluated ARC: 1 pass, 0 not pass",
     "dns_findings": "number of DNS findings (--dns-checks)",
+    # TLS health, every run that does TLS (also with --insecure)
+    "smtp_cert_days": "days until the SMTP server's certificate expires (negative: expired); --cert-days",
+    "imap_cert_days": "days until the IMAP server's certificate expires (negative: expired); --cert-days",
     # memory across runs (roundtrip mode, unless --no-state)
     "late": "running total of probes that arrived after --wait, found by a later run",
     "pending": "--no-wait: probes sent and not judged yet, this run's included",
@@ -106,6 +111,7 @@ def metrics(
         if memory.problems:
             yield Metric("state_file", memory, context="state_file")
     yield from timing_metrics(result)
+    yield from tls_metrics(result, settings)
     if settings.config_warnings:
         yield Metric("configuration", settings.config_warnings, context="configuration")
     if result.error is not None:
@@ -164,6 +170,79 @@ def timing_metrics(result: ProbeResult) -> Iterator[nagiosplugin.Metric]:
     for label, value in values.items():
         if value is not None:
             yield nagiosplugin.Metric(label, seconds(value), uom="s", min=0, context=label)
+
+
+class ServerCertificate(NamedTuple):
+    """A mail server's certificate as the run found it."""
+
+    protocol: str  # SMTP, IMAP
+    names: str  # its SAN names (or CN), in words
+    not_after: datetime
+    days: float  # left; negative once expired
+    judged: bool  # False when the handshake failed already (that failure says why)
+
+
+# the oldest version of each --tls-min, as Python names them
+TLS_VERSIONS = ("SSLv2", "SSLv3", "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
+
+
+def server_handshakes(result: ProbeResult, settings: Settings) -> Iterator[tuple[str, Handshake]]:
+    """("smtp" or "imap", the last handshake with that server of the settings)."""
+    for prefix, endpoint in (("smtp", settings.smtp), ("imap", settings.imap)):
+        if endpoint is None:
+            continue
+        seen = [
+            handshake
+            for handshake in result.tls
+            if handshake.protocol == prefix.upper() and (handshake.host, handshake.port) == endpoint[:2]
+        ]
+        if seen:
+            yield prefix, seen[-1]
+
+
+def tls_metrics(result: ProbeResult, settings: Settings) -> Iterator[nagiosplugin.Metric]:
+    """Certificate days left of both servers, and a TLS version below --tls-min."""
+    minimum = TLS_VERSIONS.index(f"TLSv{settings.tls.minimum}")
+    for prefix, handshake in server_handshakes(result, settings):
+        facts = handshake.certificate_facts()
+        if facts is not None:
+            certificate = ServerCertificate(
+                handshake.protocol, facts.names(), facts.not_after, facts.days_left(), bool(handshake.version)
+            )
+            yield nagiosplugin.Metric(f"{prefix}_cert_days", certificate, context="cert_days")
+        if handshake.version in TLS_VERSIONS and TLS_VERSIONS.index(handshake.version) < minimum:
+            yield nagiosplugin.Metric(f"{prefix}_tls_version", handshake, context="tls_version")
+
+
+def _cert_state(settings: Settings, certificate: ServerCertificate) -> ServiceState:
+    days = settings.thresholds.cert_days
+    if days is None or not certificate.judged:
+        return Ok
+    if certificate.days < days.critical or certificate.days < 0:
+        return Critical
+    return Warn if certificate.days < days.warning else Ok
+
+
+def _cert_text(certificate: ServerCertificate) -> str:
+    subject = f"{certificate.protocol} certificate for {certificate.names}"
+    if certificate.days < 0:
+        return f"{subject} expired on {certificate.not_after:%Y-%m-%d %H:%M UTC}"
+    days = certificate.days
+    left = f"{round(days)} days" if days >= 1.5 else "1 day" if days >= 1 else f"{days * 24:.0f} hours"
+    return f"{subject} expires in {left} ({certificate.not_after:%Y-%m-%d})"
+
+
+def _cert_performance(settings: Settings) -> Callable[[nagiosplugin.Metric], nagiosplugin.Performance]:
+    days = settings.thresholds.cert_days
+    warning, critical = (f"{days.warning:g}:", f"{days.critical:g}:") if days else ("", "")
+    return lambda m: nagiosplugin.Performance(m.name, round(m.value.days, 2), "", warning, critical)
+
+
+def _tls_version_text(settings: Settings) -> Callable[[Handshake], str]:
+    minimum = settings.tls.minimum
+    return lambda h: (
+        f"{h.protocol} server {h.host}:{h.port} negotiated {h.version} (below --tls-min {minimum})"
+    )
 
 
 # -- metrics -> states ------------------------------------------------------------------
@@ -250,6 +329,8 @@ def fact_contexts(settings: Settings) -> list[nagiosplugin.Context]:
             lambda v: v.line(),
             lambda m: nagiosplugin.Performance(m.name, 1 if m.value.passed else 0, "", "", "", 0, 1),
         ),
+        FactContext("cert_days", lambda c: _cert_state(settings, c), _cert_text, _cert_performance(settings)),
+        FactContext("tls_version", _always(Warn), _tls_version_text(settings)),
         FactContext(
             "auth_header",
             lambda v: POLICY_STATE[policy.state_for("header", header_problem(v) or "")],

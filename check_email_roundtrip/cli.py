@@ -42,6 +42,7 @@ from .policy import AuthPolicy
 from .render import SERVICE, nagios_text, one_line
 from .settings import (
     BounceWatch,
+    CertDays,
     Elsewhere,
     Endpoint,
     Memory,
@@ -186,7 +187,8 @@ def _thresholds(args: argparse.Namespace) -> tuple[Thresholds, float, float]:
         wait = args.wait if args.wait is not None else _critical_end(critical, warning) + WAIT_PAST_CRITICAL
     timeout = args.timeout if args.timeout is not None else wait + TIMEOUT_PAST_WAIT
     pairs = {label: (pair[0], pair[1]) for label, pair in phases.items()}
-    return Thresholds(warning, critical, pairs), wait, timeout
+    days = CertDays(*args.cert_days) if args.cert_days else None
+    return Thresholds(warning, critical, pairs, days), wait, timeout
 
 
 def _critical_end(critical: Any, warning: Any) -> float:
@@ -283,7 +285,13 @@ def _tls(args: argparse.Namespace) -> TlsConfig:
             ) from None
         except OSError as exc:
             raise UsageError(f"cannot use --ca-file {args.ca_file}: {exc.strerror}") from None
-    return TlsConfig(args.ca_file, args.insecure)
+    return TlsConfig(args.ca_file, args.insecure, str(args.tls_min))
+
+
+def _address_family(args: argparse.Namespace) -> int:
+    if args.use_ipv4 and args.use_ipv6:
+        raise UsageError("-4 and -6 together: choose one address family")
+    return socket.AF_INET if args.use_ipv4 else socket.AF_INET6 if args.use_ipv6 else socket.AF_UNSPEC
 
 
 def parse_settings(argv: Sequence[str] | None = None) -> Settings:
@@ -307,6 +315,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         timeout=timeout,
         verbose=min(args.verbose, 3),
         step_timeout=args.step_timeout,
+        address_family=_address_family(args),
         no_wait=_no_wait(args),
         verdicts=_verdicts(args),
         memory=_memory(args, imap),
@@ -314,6 +323,9 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         poll=_poll(args),
         config_warnings=tuple(secrets.warnings),
     )
+
+
+FAMILY_WORDS: dict[int, str] = {socket.AF_INET: "IPv4 (-4)", socket.AF_INET6: "IPv6 (-6)"}
 
 
 # -- -vv: the effective settings ---------------------------------------------------------------
@@ -341,6 +353,17 @@ def effective_settings(settings: Settings) -> list[str]:
         ("--helo", settings.helo_name),
         ("--ca-file", settings.tls.ca_file),
         ("--insecure", settings.tls.insecure),
+        ("--tls-min", settings.tls.minimum),
+        (
+            "--cert-days",
+            f"{days.warning:g},{days.critical:g}"
+            if (days := settings.thresholds.cert_days)
+            else "0 (no state)",
+        ),
+        (
+            "address family",
+            FAMILY_WORDS.get(settings.address_family, "any"),
+        ),
         ("--warning", settings.thresholds.warning),
         ("--critical", settings.thresholds.critical),
     ]

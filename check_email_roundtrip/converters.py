@@ -133,3 +133,24 @@ def nameserver(text: str) -> tuple[str, int]:
         return parse_nameserver(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected IP[:PORT] or [IPv6]:PORT: {text!r}") from None
+
+
+def cert_days(text: str) -> tuple[float, float] | None:
+    """``WARN[,CRIT]`` days; CRIT left out is 0 (CRITICAL once expired), as
+    with check_http -C; ``0``: reported, never a state."""
+    parts = text.split(",")
+    try:
+        numbers = [float(part) for part in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not WARN[,CRIT] days: {text!r} (like 21,7)") from None
+    if len(numbers) > 2 or not all(math.isfinite(n) and 0 <= n <= 3650 for n in numbers):
+        raise argparse.ArgumentTypeError(f"not WARN[,CRIT] days: {text!r} (like 21,7; 0 to turn it off)")
+    if numbers == [0] or numbers == [0, 0]:
+        return None
+    warning = numbers[0]
+    critical = numbers[1] if len(numbers) == 2 else 0.0
+    if critical > warning:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: the CRITICAL days ({critical:g}) are more than the WARNING days ({warning:g})"
+        )
+    return warning, critical

@@ -21,6 +21,7 @@ from .session import PhaseTimes
 if TYPE_CHECKING:
     from .dnscheck import DnsReport
     from .dsn import Bounce
+    from .tls import Handshake
     from .verdicts import AuthVerdicts
 
 
@@ -114,6 +115,7 @@ class SubmitResult(NamedTuple):
     error: ProbeError | LocalError | None = None
     stopped: Stopped | None = None  # -t ran out, or SIGTERM
     oauth_token: float | None = None  # seconds spent getting an access token, when one was requested
+    tls: tuple[Handshake, ...] = ()  # every TLS handshake of the run, in order
 
 
 class RoundtripResult(NamedTuple):
@@ -138,6 +140,7 @@ class RoundtripResult(NamedTuple):
     no_wait: bool = False
     judged: PendingProbe | None = None
     judged_age: float | None = None
+    tls: tuple[Handshake, ...] = ()  # every TLS handshake of the run, in order
 
     @property
     def roundtrip(self) -> float | None:
@@ -152,6 +155,7 @@ class PollResult(NamedTuple):
     error: ProbeError | LocalError | None = None
     stopped: Stopped | None = None  # -t ran out, or SIGTERM
     oauth_token: float | None = None  # seconds spent getting an access token, when one was requested
+    tls: tuple[Handshake, ...] = ()  # every TLS handshake of the run, in order
 
 
 ProbeResult = Union[SubmitResult, RoundtripResult, PollResult]

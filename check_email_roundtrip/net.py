@@ -47,9 +47,23 @@ def resolve(host: str, port: int, timeout: float, phase: Phase, family: int = so
             raise outcome["error"]
         return list(outcome["addresses"])
     except socket.gaierror as exc:
+        if family != socket.AF_UNSPEC and _resolves(host, port, min(timeout, 2.0), phase):
+            version, flag = ("IPv4", "-4") if family == socket.AF_INET else ("IPv6", "-6")
+            raise ProbeError(
+                phase, f"failed: {host} has no {version} address ({flag} asks for one)"
+            ) from None
         raise ProbeError(phase, f"failed: cannot resolve host name {host} ({exc.strerror})") from None
     except UnicodeError:
         raise ProbeError(phase, f"failed: invalid host name {host!r}") from None
+
+
+def _resolves(host: str, port: int, timeout: float, phase: Phase) -> bool:
+    """Whether ``host`` has addresses of any family: asked after a lookup
+    limited to one (-4, -6) failed, to say which is missing."""
+    try:
+        return bool(resolve(host, port, timeout, phase))
+    except ProbeError:
+        return False
 
 
 def _is_address(host: str) -> bool:

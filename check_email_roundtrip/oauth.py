@@ -36,7 +36,7 @@ from .deadline import Deadline
 from .errors import LocalError, Phase, ProbeError
 from .files import FileLock, read_private, write_private
 from .mask import register_secret
-from .net import connection_error
+from .net import connect_tcp, connection_error
 from .tls import TlsClient
 
 # Largest answer read from a token endpoint or a token command.
@@ -57,14 +57,14 @@ class Obtained(NamedTuple):
     requested: float | None  # seconds spent asking the endpoint or the command; None: from the cache
 
 
-def obtain(source: TokenSource, deadline: Deadline, tls: TlsClient) -> Obtained:
-    """The access token of ``source`` for this run."""
+def obtain(source: TokenSource, deadline: Deadline, tls: TlsClient, family: int = 0) -> Obtained:
+    """The access token of ``source`` for this run (``family``: -4/-6)."""
     if isinstance(source, StaticToken):
         return Obtained(source.secret, None)
     deadline.enter(Phase.OAUTH_TOKEN)
     if isinstance(source, TokenCommand):
         return _from_command(source, deadline)
-    return _from_endpoint(source, deadline, tls)
+    return _from_endpoint(source, deadline, tls, family)
 
 
 # -- a command -------------------------------------------------------------------------------
@@ -103,7 +103,7 @@ def _from_command(source: TokenCommand, deadline: Deadline) -> Obtained:
 
 
 # -- a token endpoint -----------------------------------------------------------------------------
-def _from_endpoint(source: TokenEndpoint, deadline: Deadline, tls: TlsClient) -> Obtained:
+def _from_endpoint(source: TokenEndpoint, deadline: Deadline, tls: TlsClient, family: int) -> Obtained:
     with FileLock(source.cache_file + ".lock", deadline):
         cached = _cached(source.cache_file)
         if cached is not None:
@@ -121,7 +121,7 @@ def _from_endpoint(source: TokenEndpoint, deadline: Deadline, tls: TlsClient) ->
         if source.refresh_token_file:
             refresh_token = _read_refresh_token(source.refresh_token_file)
             form["refresh_token"] = refresh_token
-        answer = _post(source.url, form, deadline, tls)
+        answer = _post(source.url, form, deadline, tls, family)
         token = answer.get("access_token")
         if not isinstance(token, str) or not token:
             raise ProbeError(
@@ -204,7 +204,7 @@ def _host(url: str) -> str:
     return urlsplit(url).netloc
 
 
-def _post(url: str, form: dict[str, str], deadline: Deadline, tls: TlsClient) -> dict[str, Any]:
+def _post(url: str, form: dict[str, str], deadline: Deadline, tls: TlsClient, family: int) -> dict[str, Any]:
     """POST the form; the JSON answer, or ProbeError with the endpoint's words."""
     import http.client
     from urllib.parse import urlencode, urlsplit
@@ -213,8 +213,23 @@ def _post(url: str, form: dict[str, str], deadline: Deadline, tls: TlsClient) ->
     host, port = parts.hostname or "", parts.port or 443
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     timeout = deadline.socket_timeout()
-    context = tls.for_starttls("HTTPS", host, port, Phase.OAUTH_TOKEN, verify=True)
-    connection = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+
+    class Connection(http.client.HTTPConnection):
+        """HTTP over the run's own connect (bounded resolve, -4/-6) and the
+        one handshake site: verified always, whatever --insecure says."""
+
+        default_port = 443
+
+        def connect(self) -> None:
+            def certificate() -> bytes | None:  # to say why it was refused
+                return tls.peek_certificate(connect_tcp(host, port, timeout, Phase.OAUTH_TOKEN, family), host)
+
+            sock = connect_tcp(host, port, timeout, Phase.OAUTH_TOKEN, family)
+            self.sock = tls.handshake(
+                sock, "HTTPS", host, port, Phase.OAUTH_TOKEN, verify=True, diagnose=certificate
+            )
+
+    connection = Connection(host, port, timeout=timeout)
     try:
         connection.request(
             "POST",
@@ -261,8 +276,8 @@ class Keyring:
     """The secret each login presents in this run: a password as it is, an
     access token obtained once per token source (SMTP and IMAP share it)."""
 
-    def __init__(self, deadline: Deadline, tls: TlsClient):
-        self.deadline, self.tls = deadline, tls
+    def __init__(self, deadline: Deadline, tls: TlsClient, family: int = 0):
+        self.deadline, self.tls, self.family = deadline, tls, family
         self._tokens: dict[TokenSource, Secret] = {}
         self.requested: float | None = None  # seconds spent getting tokens, when any request was made
 
@@ -272,7 +287,7 @@ class Keyring:
             return credential.secret
         source = credential.source
         if source not in self._tokens:
-            obtained = obtain(source, self.deadline, self.tls)
+            obtained = obtain(source, self.deadline, self.tls, self.family)
             if obtained.requested is not None:
                 self.requested = (self.requested or 0.0) + obtained.requested
             self._tokens[source] = obtained.token

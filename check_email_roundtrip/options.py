@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import argparse
 import enum
-from collections.abc import Mapping
+import re
+import sys
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable, NamedTuple
 
 from . import __version__
 from .converters import (
+    cert_days,
     choice,
     days,
     header_criterion,
@@ -59,6 +62,17 @@ WAIT_PAST_CRITICAL = 5.0
 # -t defaults to --wait plus this: room for the SMTP and IMAP sessions around
 # the wait (each socket gives up 0.5 s before -t).
 TIMEOUT_PAST_WAIT = 30.0
+
+
+NEGATIVE_NUMBER = re.compile(r"^-\.?\d")
+
+
+class TlsVersion(enum.Enum):
+    V1_2 = "1.2"
+    V1_3 = "1.3"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class Kind(enum.Enum):
@@ -197,7 +211,7 @@ def _groups() -> tuple[Group, ...]:
         ),
         *(Group(f"{family.title} server", tuple(family.options())) for family in SERVER_FAMILIES),
         Group(
-            "TLS",
+            "TLS and the network",
             (
                 Option(
                     ("--ca-file",),
@@ -206,9 +220,28 @@ def _groups() -> tuple[Group, ...]:
                 ),
                 Option(
                     ("--insecure",),
-                    "do not verify certificates or host names (said so in the output)",
+                    "do not verify certificates or host names (said so in the output; certificate "
+                    "expiry is still read and judged)",
                     kind=Kind.FLAG,
                 ),
+                Option(
+                    ("--cert-days",),
+                    "WARNING when a server's certificate has fewer than WARN days left, CRITICAL under "
+                    "CRIT (default 21,7; CRIT left out: once expired; 0: report the days, judge nothing)",
+                    convert=cert_days,
+                    metavar="WARN[,CRIT]",
+                    default="21,7",
+                ),
+                Option(
+                    ("--tls-min",),
+                    "oldest TLS version that is fine: a server negotiating an older one is a WARNING "
+                    "(default 1.2)",
+                    convert=choice(TlsVersion),
+                    metavar="{1.2,1.3}",
+                    default=TlsVersion.V1_2,
+                ),
+                Option(("-4", "--use-ipv4"), "connect over IPv4 only", kind=Kind.FLAG),
+                Option(("-6", "--use-ipv6"), "connect over IPv6 only", kind=Kind.FLAG),
             ),
         ),
         Group(
@@ -517,6 +550,26 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # argparse would exit 2: CRITICAL to Nagios
         raise UsageError(message)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        return super().parse_known_args(self._bind_negative_values(args), namespace)
+
+    def _bind_negative_values(self, args: Sequence[str] | None) -> list[str]:
+        """``--wait -1`` as ``--wait=-1``.  With -4 and -6 defined, argparse
+        takes every "-1" for an option, so a negative value would be "expected
+        one argument" rather than its real fault; an option that takes a value
+        takes the next word, as getopt does."""
+        words = list(sys.argv[1:] if args is None else args)
+        takes_value = {
+            flag for action in self._actions if action.nargs != 0 for flag in action.option_strings
+        }
+        bound: list[str] = []
+        for word in words:
+            if bound and bound[-1] in takes_value and NEGATIVE_NUMBER.match(word):
+                bound[-1] = f"{bound[-1]}={word}"
+            else:
+                bound.append(word)
+        return bound
 
 
 def build_parser() -> argparse.ArgumentParser:

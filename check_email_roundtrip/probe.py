@@ -39,7 +39,7 @@ from .output import LOGGER, TRACE
 from .session import PhaseTimes, Trace
 from .settings import Endpoint, Settings
 from .smtp import submit_message
-from .tls import TlsClient
+from .tls import Handshake, TlsClient
 
 if TYPE_CHECKING:
     from .imap import ImapSession
@@ -90,6 +90,7 @@ def _submit(
         times,
         trace=_tracer(settings),
         secret=secret,
+        address_family=settings.address_family,
     )
     log.info("SMTP accepted: %s", mask(submission.final_reply))
     # wall-clock times, to set against the servers' logs (and bench/'s)
@@ -119,15 +120,19 @@ def run_submit(settings: Settings, deadline: Deadline, pending: Sequence[Pending
     marker = new_marker()
     times = PhaseTimes()
     tls = TlsClient(settings.tls)
-    keyring = Keyring(deadline, tls)
+    keyring = Keyring(deadline, tls, settings.address_family)
+    result = SubmitResult(marker, SmtpTimings())
     try:
         submission, goodbye = _submit(settings, deadline, tls, keyring, marker, times)
         goodbye()
-        return SubmitResult(marker, SmtpTimings.of(times), submission, oauth_token=keyring.requested)
+        result = result._replace(submission=submission)
     except (ProbeError, LocalError) as exc:
-        return SubmitResult(marker, SmtpTimings.of(times), error=exc, oauth_token=keyring.requested)
+        result = result._replace(error=exc)
     except Stopped as exc:
-        return SubmitResult(marker, SmtpTimings.of(times), stopped=exc, oauth_token=keyring.requested)
+        result = result._replace(stopped=exc)
+    return result._replace(
+        smtp=SmtpTimings.of(times), oauth_token=keyring.requested, tls=tuple(tls.handshakes)
+    )
 
 
 class _Draft:
@@ -154,6 +159,7 @@ class _Draft:
         self.judged: PendingProbe | None = None
         self.judged_age: float | None = None
         self.goodbye: Callable[[], None] = lambda: None  # waits for the SMTP QUIT said in the background
+        self.tls: tuple[Handshake, ...] = ()
 
     def freeze(self) -> RoundtripResult:
         values = {name: getattr(self, name) for name in RoundtripResult._fields if hasattr(self, name)}
@@ -175,7 +181,7 @@ def run_roundtrip(
     draft.no_wait = settings.no_wait
     log.info("marker %s", draft.marker)
     tls = TlsClient(settings.tls)
-    keyring = Keyring(deadline, tls)
+    keyring = Keyring(deadline, tls, settings.address_family)
     try:
         _roundtrip(settings, deadline, tls, keyring, pending, draft)
     except (ProbeError, LocalError) as exc:
@@ -183,6 +189,7 @@ def run_roundtrip(
     except Stopped as exc:
         draft.stopped = exc
     draft.oauth_token = keyring.requested
+    draft.tls = tuple(tls.handshakes)
     return draft.freeze()
 
 
@@ -203,7 +210,7 @@ def open_watches(
         for session in sessions:
             if session.endpoint == endpoint:
                 return session
-        session = ImapSession(endpoint, deadline, tls, _tracer(settings))
+        session = ImapSession(endpoint, deadline, tls, _tracer(settings), settings.address_family)
         sessions.append(session)
         session.open(keyring.secret(_required(endpoint.login, "an IMAP login")))
         return session
@@ -396,8 +403,8 @@ def run_poll(settings: Settings, deadline: Deadline, pending: Sequence[PendingPr
         since.strftime("%Y-%m-%d %H:%M:%S UTC"),
     )
     tls = TlsClient(settings.tls)
-    keyring = Keyring(deadline, tls)
-    session = ImapSession(imap, deadline, tls, _tracer(settings))
+    keyring = Keyring(deadline, tls, settings.address_family)
+    session = ImapSession(imap, deadline, tls, _tracer(settings), settings.address_family)
     result = PollResult(since)
     try:
         session.open(keyring.secret(_required(imap.login, "an IMAP login")))
@@ -422,7 +429,7 @@ def run_poll(settings: Settings, deadline: Deadline, pending: Sequence[PendingPr
         result = PollResult(since, _poll_timings(session), stopped=exc)
     finally:
         session.close()
-    return result._replace(oauth_token=keyring.requested)
+    return result._replace(oauth_token=keyring.requested, tls=tuple(tls.handshakes))
 
 
 def _poll_timings(session: ImapSession) -> ImapTimings:

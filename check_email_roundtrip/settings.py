@@ -18,10 +18,20 @@ from .policy import AuthPolicy
 
 
 class TlsConfig(NamedTuple):
-    """What the user asked for: whom to trust, or not to verify at all."""
+    """What the user asked for: whom to trust, or not to verify at all, and
+    the oldest TLS version that is fine (older is a WARNING, not a refusal)."""
 
     ca_file: str | None = None
     insecure: bool = False
+    minimum: str = "1.2"  # --tls-min
+
+
+class CertDays(NamedTuple):
+    """--cert-days: days of certificate validity left below which the run is
+    WARNING / CRITICAL; ``None`` (--cert-days 0): reported, never a state."""
+
+    warning: float
+    critical: float
 
 
 class Security(enum.Enum):
@@ -102,6 +112,7 @@ class Thresholds(NamedTuple):
     critical: nagiosplugin.Range
     # per-phase, keyed by perfdata label: (warning, critical)
     phases: Mapping[str, tuple[nagiosplugin.Range, nagiosplugin.Range]]
+    cert_days: CertDays | None = CertDays(21.0, 7.0)
 
 
 class Memory(NamedTuple):
@@ -152,6 +163,7 @@ class Settings(NamedTuple):
     timeout: float
     verbose: int
     step_timeout: float = 30.0  # each network step: resolve, connect, one command and its reply
+    address_family: int = 0  # socket.AF_INET (-4), AF_INET6 (-6), or AF_UNSPEC (0): either
     no_wait: bool = False  # roundtrip mode: send now, judge earlier runs' probes
     verdicts: Verdicts = Verdicts()
     memory: Memory = Memory()

@@ -10,7 +10,17 @@ import pytest
 from conftest import assert_state, run_plugin
 from test_roundtrip_stack import implicit_tls_args
 
-NO_WAIT_LABELS = {"pending", "late", "lost", "smtp_connect", "smtp_auth", "smtp_submit", "smtp_total"}
+NO_WAIT_LABELS = {
+    "pending",
+    "late",
+    "lost",
+    "smtp_connect",
+    "smtp_auth",
+    "smtp_submit",
+    "smtp_total",
+    "smtp_cert_days",
+    "imap_cert_days",
+}
 
 
 @pytest.fixture

@@ -63,7 +63,7 @@ def test_poll_finds_a_delivered_report(stack):
         f'"backup@example.test" arrived ',
     )
     assert run.perfdata["matches"] == 1 and 0 <= run.perfdata["age"] < 60
-    assert set(run.perfdata) == {"age", "matches"}
+    assert set(run.perfdata) == {"age", "matches", "imap_cert_days"}
 
 
 def test_poll_age_over_threshold(stack):
@@ -78,7 +78,8 @@ def test_poll_age_over_threshold(stack):
 def test_poll_with_no_match_is_critical(stack):
     run = run_plugin(*poll_args(stack, "--subject", f"never sent {secrets.token_hex(4)}", "--window", "3600"))
     assert_state(run, 2, "CRITICAL", 'EMAIL_ROUNDTRIP CRITICAL - no message matching subject "never sent ')
-    assert " since 20" in run.first_line and run.perfdata == {"matches": 0}
+    assert " since 20" in run.first_line and set(run.perfdata) == {"matches", "imap_cert_days"}
+    assert run.perfdata["matches"] == 0
 
 
 def test_poll_ignores_matches_older_than_the_window(stack):
