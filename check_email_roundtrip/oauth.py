@@ -167,7 +167,12 @@ def _cached(path: str) -> str | None:
 
 
 def _read_refresh_token(path: str) -> str:
-    raw = read_private(path, MAX_RESPONSE)
+    try:
+        raw = read_private(path, MAX_RESPONSE)
+    except OSError as exc:  # a link, not a regular file: never read or rewritten through it
+        raise LocalError(
+            Phase.OAUTH_TOKEN, f"refresh token file {path} cannot be read: {exc.strerror}"
+        ) from None
     if raw is None:
         raise LocalError(Phase.OAUTH_TOKEN, f"refresh token file {path} cannot be read")
     lines = raw.decode("utf-8", "replace").splitlines()
