@@ -30,6 +30,8 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -106,7 +108,7 @@ def _from_command(source: TokenCommand, deadline: Deadline) -> Obtained:
 
 # -- a token endpoint -----------------------------------------------------------------------------
 def _from_endpoint(source: TokenEndpoint, deadline: Deadline, tls: TlsClient) -> Obtained:
-    with FileLock(source.cache_file + ".lock", deadline):
+    with _cache_lock(source.cache_file, deadline):
         cached = _cached(source.cache_file)
         if cached is not None:
             register_secret(cached)
@@ -140,19 +142,39 @@ def _from_endpoint(source: TokenEndpoint, deadline: Deadline, tls: TlsClient) ->
             register_secret(new_refresh)
             _write_refresh_token(source.refresh_token_file, new_refresh)
         lifetime = _number(answer.get("expires_in"), 3600.0)
-        write_private(
-            source.cache_file,
-            json.dumps(
-                {"access_token": token, "expires_at": time.time() + lifetime, "lifetime": lifetime}
-            ).encode(),
-        )
+        entry = {"access_token": token, "expires_at": time.time() + lifetime, "lifetime": lifetime}
+        try:
+            write_private(source.cache_file, json.dumps(entry).encode())
+        except OSError as exc:
+            raise LocalError(
+                Phase.OAUTH_TOKEN, f"the token cache {source.cache_file} cannot be written: {exc.strerror}"
+            ) from None
         return Obtained(Secret(token), time.monotonic() - started)
+
+
+@contextmanager
+def _cache_lock(cache_file: str, deadline: Deadline) -> Iterator[None]:
+    """The cache's lock, held while the cache is read, the request made and
+    the answer kept.  A lock another run holds past the step, or a state
+    directory we cannot use, is our side's problem: LocalError naming it."""
+    lock = FileLock(cache_file + ".lock", deadline)
+    try:
+        lock.__enter__()
+    except OSError as exc:
+        raise LocalError(Phase.OAUTH_TOKEN, f"the token cache {cache_file}: {exc.strerror}") from None
+    try:
+        yield
+    finally:
+        lock.__exit__()
 
 
 def _cached(path: str) -> str | None:
     """The cached token while it is good: until a tenth of its lifetime (at most
     a minute) before it expires, so it does not run out while we sign in."""
-    raw = read_private(path, MAX_RESPONSE)
+    try:
+        raw = read_private(path, MAX_RESPONSE)
+    except OSError:  # not a file of ours (a link, too big): no cache; the next write replaces it
+        return None
     if raw is None:
         return None
     try:
