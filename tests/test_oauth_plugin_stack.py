@@ -186,8 +186,10 @@ def from_client_credentials(stack, tmp_path):
 
 
 def from_client_credentials_secret_in_environment(stack, tmp_path):
-    args = endpoint(stack)
-    return args[:-2], {SECRET_ENV: stack.oauth.client_secret(APP_CLIENT)}, 1
+    secret = stack.oauth.client_secret(APP_CLIENT)
+    remember(secret)
+    args = ["--oauth-token-url", stack.oauth.token_url, "--oauth-client-id", APP_CLIENT]
+    return args, {SECRET_ENV: secret}, 1
 
 
 def from_refresh_token(stack, tmp_path):
