@@ -22,6 +22,7 @@ import time
 
 import ced
 import floor
+import oauth
 import report
 from plugin import Plugin
 from runner import log, med, run
@@ -54,6 +55,7 @@ class Bench:
         self.fig: dict[str, dict] = {}
         self.retr: list[dict] = []
         self.importtimes: dict = {}
+        self.oauth: dict | None = None
 
     def key(self, plugin: Plugin) -> str:
         return "ours" if plugin is self.ours else "before"
@@ -80,6 +82,12 @@ class Bench:
             f = self.fig[k]
             log(f"  {k}: wall {f['wall']}, cpu {f['cpu']}, lag {f['lag']} ms, logins {f['logins']} "
                 f"({f['n']}/{f['of']} OK)")
+
+    # ---- row 9: OAuth2 sign-in against the password, interleaved
+    def bench_oauth(self) -> None:
+        n = self.a.runs_oauth
+        log(f"9: OAuth2 x{n}: password, warm token cache, stale token cache in turn (ours only)")
+        self.oauth = oauth.series(self, n)
 
     # ---- row 1: the peer
     def bench_ced(self) -> None:
@@ -182,6 +190,7 @@ class Bench:
         t0 = time.time()
         try:
             self.bench_roundtrip()
+            self.bench_oauth()
             self.bench_ced()
             self.bench_floor()
             self.bench_retrieval()
@@ -202,6 +211,7 @@ def sizes(text: str) -> list[int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=7, help="round trips per plugin (rows 1, 2, 5, 6, 8)")
+    ap.add_argument("--runs-oauth", type=int, default=9, help="rounds of row 9 (password, warm, stale)")
     ap.add_argument("--runs-ced-default", type=int, default=5)
     ap.add_argument("--runs-retrieval", type=int, default=5)
     ap.add_argument("--runs-startup", type=int, default=9)

@@ -81,13 +81,15 @@ class Plugin:
                 f"installed from {self.origin})")
 
     # ---------------------------------------------------------------- commands
-    def roundtrip_cmd(self, st: dict, user: str = "probe", imap_user: str | None = None) -> list[str]:
+    def roundtrip_cmd(self, st: dict, user: str = "probe", imap_user: str | None = None,
+                      sign_in: list[str] | None = None) -> list[str]:
+        """sign_in: how both logins prove themselves (default: the user's password file)."""
         su = st["users"][user]
         cmd = [self.path, "--mode", "roundtrip", "-H", st["tls_hostname"],
                "--smtp-port", str(st["ports"]["submission"]), "--smtp-security", "starttls",
                "--imap-port", str(st["ports"]["imaps"]), "--imap-security", "tls",
                "--ca-file", st["ca"], "--smtp-user", su["login"],
-               "--smtp-password-file", su["password_file"], "--no-state", "--no-junk", "-vv"]
+               *(sign_in or ["--smtp-password-file", su["password_file"]]), "--no-state", "--no-junk", "-vv"]
         if imap_user:
             iu = st["users"][imap_user]
             cmd += ["--to", iu["address"], "--imap-user", iu["login"],
@@ -99,10 +101,11 @@ class Plugin:
                 "--from", "a@example.test"]
 
     # ---------------------------------------------------------------- runs
-    def trip(self, st: dict, dlog: DovecotLog, imap_user: str | None = None, prefix=()) -> Trip:
+    def trip(self, st: dict, dlog: DovecotLog, imap_user: str | None = None, prefix=(),
+             sign_in: list[str] | None = None, env: dict[str, str] | None = None) -> Trip:
         """One round trip; prefix goes before the command (e.g. python -X importtime)."""
         offset = dlog.offset()
-        proc = run([*prefix, *self.roundtrip_cmd(st, imap_user=imap_user)])
+        proc = run([*prefix, *self.roundtrip_cmd(st, imap_user=imap_user, sign_in=sign_in)], env=env)
         text = proc.text
         m = re.search(r"^marker (\S+)", text, re.M)
         trip = Trip(proc=proc, user=imap_user or "probe", roundtrip=perf(text, "roundtrip"),

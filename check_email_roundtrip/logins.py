@@ -136,6 +136,14 @@ def _token_endpoint(args: argparse.Namespace, state_dir: str, warnings: list[str
         )
     refresh_file = args.oauth_refresh_token_file
     if refresh_file:
+        if os.path.islink(refresh_file):
+            # it is rewritten at every rotation, by renaming a new file into
+            # place: never through a link (files.py), so the link would be
+            # replaced and its target keep a refresh token that no longer works
+            raise UsageError(
+                f"--oauth-refresh-token-file {refresh_file} is a symbolic link: give the file itself "
+                "(a rotated refresh token is written in its place)"
+            )
         read_secret_file(refresh_file, "OAuth refresh token", warnings)  # there and readable now
     scope = args.oauth_scope
     if scope is None and provider is not None:

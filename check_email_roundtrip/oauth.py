@@ -29,6 +29,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 from .credentials import Login, Password, Secret, StaticToken, TokenCommand, TokenEndpoint, TokenSource
@@ -104,7 +106,7 @@ def _from_command(source: TokenCommand, deadline: Deadline) -> Obtained:
 
 # -- a token endpoint -----------------------------------------------------------------------------
 def _from_endpoint(source: TokenEndpoint, deadline: Deadline, tls: TlsClient, family: int) -> Obtained:
-    with FileLock(source.cache_file + ".lock", deadline):
+    with _cache_lock(source.cache_file, deadline):
         cached = _cached(source.cache_file)
         if cached is not None:
             register_secret(cached)
@@ -138,19 +140,39 @@ def _from_endpoint(source: TokenEndpoint, deadline: Deadline, tls: TlsClient, fa
             register_secret(new_refresh)
             _write_refresh_token(source.refresh_token_file, new_refresh)
         lifetime = _number(answer.get("expires_in"), 3600.0)
-        write_private(
-            source.cache_file,
-            json.dumps(
-                {"access_token": token, "expires_at": time.time() + lifetime, "lifetime": lifetime}
-            ).encode(),
-        )
+        entry = {"access_token": token, "expires_at": time.time() + lifetime, "lifetime": lifetime}
+        try:
+            write_private(source.cache_file, json.dumps(entry).encode())
+        except OSError as exc:
+            raise LocalError(
+                Phase.OAUTH_TOKEN, f"the token cache {source.cache_file} cannot be written: {exc.strerror}"
+            ) from None
         return Obtained(Secret(token), time.monotonic() - started)
+
+
+@contextmanager
+def _cache_lock(cache_file: str, deadline: Deadline) -> Iterator[None]:
+    """The cache's lock, held while the cache is read, the request made and
+    the answer kept.  A lock another run holds past the step, or a state
+    directory we cannot use, is our side's problem: LocalError naming it."""
+    lock = FileLock(cache_file + ".lock", deadline)
+    try:
+        lock.__enter__()
+    except OSError as exc:
+        raise LocalError(Phase.OAUTH_TOKEN, f"the token cache {cache_file}: {exc.strerror}") from None
+    try:
+        yield
+    finally:
+        lock.__exit__()
 
 
 def _cached(path: str) -> str | None:
     """The cached token while it is good: until a tenth of its lifetime (at most
     a minute) before it expires, so it does not run out while we sign in."""
-    raw = read_private(path, MAX_RESPONSE)
+    try:
+        raw = read_private(path, MAX_RESPONSE)
+    except OSError:  # not a file of ours (a link, too big): no cache; the next write replaces it
+        return None
     if raw is None:
         return None
     try:
@@ -165,7 +187,12 @@ def _cached(path: str) -> str | None:
 
 
 def _read_refresh_token(path: str) -> str:
-    raw = read_private(path, MAX_RESPONSE)
+    try:
+        raw = read_private(path, MAX_RESPONSE)
+    except OSError as exc:  # a link, not a regular file: never read or rewritten through it
+        raise LocalError(
+            Phase.OAUTH_TOKEN, f"refresh token file {path} cannot be read: {exc.strerror}"
+        ) from None
     if raw is None:
         raise LocalError(Phase.OAUTH_TOKEN, f"refresh token file {path} cannot be read")
     lines = raw.decode("utf-8", "replace").splitlines()

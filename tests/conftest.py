@@ -8,6 +8,7 @@ missing); if this session started it, it is stopped again at the end.
 """
 
 import atexit
+import concurrent.futures
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -22,7 +24,7 @@ from typing import Optional
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from mailstack import MailStack  # noqa: E402
+from mailstack import TLS_HOSTNAME, MailStack  # noqa: E402
 
 PLUGIN = "check_email_roundtrip"
 PASSWORD_ENV = ("CHECK_EMAIL_ROUNDTRIP_SMTP_PASSWORD", "CHECK_EMAIL_ROUNDTRIP_IMAP_PASSWORD")
@@ -113,3 +115,55 @@ def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def scripted_peer(respond=None, greeting=b"220 scripted ESMTP\r\n"):
+    """A loopback peer for one client: silent, or a script that greets and then
+    answers line by line (respond(line) -> reply, None hangs up).  Close it when done."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+
+    def serve():
+        try:
+            conn, _ = server.accept()
+        except OSError:
+            return
+        with conn:
+            if respond is None:
+                while conn.recv(4096):  # say nothing until the client gives up
+                    pass
+                return
+            conn.sendall(greeting)
+            for line in conn.makefile("rb"):
+                reply = respond(line)
+                if reply is None:
+                    return
+                if reply:
+                    conn.sendall(reply)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server
+
+
+# -- OAuth2: shared by test_oauth_stack.py (stdlib clients) and test_oauth_plugin_stack.py ----------
+@pytest.fixture
+def idp(stack):
+    """stack.oauth, with counters, endpoints and lifetimes as configured
+    before and after each test."""
+    stack.oauth.reset()
+    yield stack.oauth
+    stack.oauth.reset()
+
+
+def sasl_response(mechanism, user, token, port):
+    """The XOAUTH2 or OAUTHBEARER initial response for a server reached as TLS_HOSTNAME:port."""
+    if mechanism == "XOAUTH2":
+        return f"user={user}\x01auth=Bearer {token}\x01\x01"
+    return f"n,a={user},\x01host={TLS_HOSTNAME}\x01port={port}\x01auth=Bearer {token}\x01\x01"
+
+
+def all_at_once(*calls):
+    """Run the calls in parallel (each failed login waits 2 s); their results in order."""
+    with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
+        return [future.result() for future in [pool.submit(call) for call in calls]]

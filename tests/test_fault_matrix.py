@@ -11,16 +11,14 @@ import base64
 import os
 import pathlib
 import re
-import socket
 import sys
-import threading
 from dataclasses import dataclass
 from typing import Callable
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from conftest import run_plugin  # noqa: E402
+from conftest import run_plugin, scripted_peer  # noqa: E402
 from mailstack import (  # noqa: E402
     IMAPS_EXPIRED_PORT,
     IMAPS_PORT,
@@ -61,34 +59,6 @@ def base_args(stack, user="probe", smtp_port=SUBMISSIONS_PORT, imap_port=IMAPS_P
         "--wait",
         "8",
     ]
-
-
-def _listener(respond=None):
-    """A loopback peer: silent, or an SMTP script (respond(line) -> reply, None hangs up)."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(4)
-
-    def serve():
-        try:
-            conn, _ = server.accept()
-        except OSError:
-            return
-        with conn:
-            if respond is None:
-                while conn.recv(4096):  # say nothing until the client gives up
-                    pass
-                return
-            conn.sendall(b"220 scripted ESMTP\r\n")
-            for line in conn.makefile("rb"):
-                reply = respond(line)
-                if reply is None:
-                    return
-                if reply:
-                    conn.sendall(reply)
-
-    threading.Thread(target=serve, daemon=True).start()
-    return server
 
 
 def _drops_mid_data(line):
@@ -135,7 +105,7 @@ def _wrong_password(stack, tmp):
 
 def _with_listener(respond, security="none"):
     def setup(stack, tmp):
-        server = _listener(respond)
+        server = scripted_peer(respond)
         port = server.getsockname()[1]
         return base_args(stack) + [
             "--smtp-host",
@@ -181,7 +151,7 @@ def _unresolvable(stack, tmp):
 
 
 def _silent(stack, tmp):
-    server = _listener()
+    server = scripted_peer()
     return base_args(stack) + [
         "--smtp-host",
         "127.0.0.1",

@@ -8,7 +8,6 @@ Failed logins cost Dovecot's 2 s failure delay each, so the tests of a
 failure send all their attempts at once."""
 
 import base64
-import concurrent.futures
 import http.client
 import imaplib
 import json
@@ -22,6 +21,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 
 import pytest
+from conftest import all_at_once, sasl_response
 from mailstack import (
     APP_CLIENT,
     IDP_PORT,
@@ -47,21 +47,7 @@ SMTP_REFUSED = (535, "5.7.8 Error: authentication failed: (reason unavailable)")
 IMAP_REFUSED = "[AUTHENTICATIONFAILED] Authentication failed."
 SMTP_OFFER = "PLAIN LOGIN XOAUTH2 OAUTHBEARER"
 FORM = "application/x-www-form-urlencoded"
-
-
-@pytest.fixture(autouse=True)
-def idp(stack):
-    """stack.oauth, with counters, endpoints and lifetimes as configured
-    before and after each test."""
-    stack.oauth.reset()
-    yield stack.oauth
-    stack.oauth.reset()
-
-
-def sasl_response(mechanism, user, token, port):
-    if mechanism == "XOAUTH2":
-        return f"user={user}\x01auth=Bearer {token}\x01\x01"
-    return f"n,a={user},\x01host={TLS_HOSTNAME}\x01port={port}\x01auth=Bearer {token}\x01\x01"
+pytestmark = pytest.mark.usefixtures("idp")     # the IdP as configured, before and after each test
 
 
 @dataclass
@@ -138,12 +124,6 @@ def imap_login(stack, mechanism, user, token):
     finally:
         client.shutdown()
     return Login(ok, reply, challenges)
-
-
-def all_at_once(*calls):
-    """Run the calls in parallel (each failed login waits 2 s); their results in order."""
-    with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
-        return [future.result() for future in [pool.submit(call) for call in calls]]
 
 
 def token_request(stack, fields, basic=None, host=TLS_HOSTNAME, conn=None):
