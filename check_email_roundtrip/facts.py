@@ -89,6 +89,7 @@ class Arrival(NamedTuple):
     uid: int
     roundtrip: float  # seconds from MAIL FROM until the search saw it
     header: bytes  # its header block, for the verdicts
+    hops: tuple[Hop, ...] = ()  # its Received chain as delays
 
 
 class Bounced(NamedTuple):
@@ -98,9 +99,23 @@ class Bounced(NamedTuple):
     after: float  # seconds after MAIL FROM
 
 
+class Hop(NamedTuple):
+    """One step of a delivered message's way, from its Received chain, oldest
+    first: the time between the previous stamp and this one was spent before
+    ``by`` (in the previous host's queue, the connection, ``by`` accepting it)."""
+
+    by: str  # the host that added the Received header ("by ..."); "" when it named none
+    protocol: str  # its "with ..." (ESMTPSA, ESMTPS, LMTP, ...); "" when none
+    stamped: datetime  # the header's date (one-second resolution)
+    seconds: float  # since the previous stamp, or since MAIL FROM for the first; never negative
+    skewed: bool  # the stamp was before the previous one: the clocks disagree, clamped to 0
+    trusted: bool  # written by the receiving side (at or below its Authentication-Results)
+
+
 class LateArrival(NamedTuple):
     probe: PendingProbe
     delay: float  # seconds from its MAIL FROM to its INTERNALDATE
+    hops: tuple[Hop, ...] = ()  # its Received chain, when its header was read
 
 
 class Housekeeping(NamedTuple):
