@@ -12,6 +12,7 @@ import time
 from . import faults, imapclient
 from .accounts import Accounts, address
 from .auxd_service import Auxd
+from .certvariants import CertFactory
 from .config import (
     AUTHSERV_ID,
     DEFAULT_DMARC,
@@ -81,6 +82,9 @@ class MailStack:
         self.tls_cert, self.tls_key = self.certificates.cert, self.certificates.key
         # EXPIRED server certificate (stack CA, DNS:localhost), ports *_EXPIRED_PORT
         self.expired_cert, self.expired_key = self.certificates.expired_cert, self.certificates.expired_key
+        # the certificate variants (certvariants.py): cert_variant(name)
+        self.cert_factory = CertFactory(self.tls_dir, self.ca, self.ca_key,
+                                        os.path.join(self.log_dir, "openssl.log"), self._say)
         self.secrets_dir = os.path.join(self.dir, "secrets")
         self.mail_dir = os.path.join(self.dir, "mail")
         self.accounts = Accounts(self.secrets_dir, self.mail_dir)
@@ -121,6 +125,7 @@ class MailStack:
         self.ensure_packages()
         self._ensure_dirs()
         self.certificates.ensure()
+        self.cert_factory.ensure()
         self.accounts.ensure()
         self.idp.ensure_secrets()       # before Dovecot's config, which holds its client's
         self.dovecot.write_passwd_file(self.accounts)
