@@ -125,7 +125,7 @@ class MailStack:
         self.ensure_packages()
         self._ensure_dirs()
         self.certificates.ensure()
-        self.cert_factory.ensure()
+        renewed = self.cert_factory.ensure()    # certificate files made anew
         self.accounts.ensure()
         self.idp.ensure_secrets()       # before Dovecot's config, which holds its client's
         self.dovecot.write_passwd_file(self.accounts)
@@ -134,6 +134,7 @@ class MailStack:
         actions = []
         for svc in self.services:
             changed = svc.write_config()
+            changed |= bool(renewed & set(svc.certificate_files()))
             if svc.is_running():
                 if changed:
                     svc.reload()
