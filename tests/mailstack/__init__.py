@@ -154,6 +154,15 @@ reload/endpoints/info.
 
 from .accounts import address
 from .auxd_service import Auxd
+from .certvariants import (
+    CERT_VARIANT_HOSTS,
+    CERT_VARIANTS,
+    TLS10_VARIANT,
+    UNKNOWN_CA_CN,
+    WRONG_NAME_HOSTNAME,
+    CertFactory,
+    CertVariant,
+)
 from .config import (
     AUTHSERV_ID,
     DEFAULT_DIR,
@@ -173,6 +182,7 @@ from .config import (
     IMAP_PORT,
     IMAPS_EXPIRED_PORT,
     IMAPS_PORT,
+    IMAPS_TLS10_PORT,
     MAIL_HOSTS,
     MX_HOSTNAME,
     MX_PORT,
@@ -188,6 +198,7 @@ from .config import (
     SUBMISSION_PORT,
     SUBMISSIONS_EXPIRED_PORT,
     SUBMISSIONS_PORT,
+    SUBMISSIONS_TLS10_PORT,
     TLS_HOSTNAME,
     USERS,
     VMAIL_USER,
@@ -241,6 +252,8 @@ from .stack import DEFAULT, KEEP, MailStack
 from .system import StackError
 
 __all__ = [
+    "CERT_VARIANTS", "CERT_VARIANT_HOSTS", "IMAPS_TLS10_PORT", "SUBMISSIONS_TLS10_PORT", "TLS10_VARIANT",
+    "UNKNOWN_CA_CN", "WRONG_NAME_HOSTNAME", "CertFactory", "CertVariant",
     "APP_CLIENT", "AUTHSERV_ID", "DEFAULT", "DEFAULT_DIR", "DEFAULT_DMARC", "DEFAULT_EXPIRES_IN",
     "DEFAULT_PORT_BASE", "DEFAULT_SPF", "DKIM_BITS", "DKIM_NAME", "DKIM_REVOKED", "DKIM_SELECTOR",
     "DMARC_NAME", "DNS_PORT", "DOMAIN", "FORGED_AUTH_RESULTS", "GREYLIST_ACTION",
