@@ -35,6 +35,9 @@ Mail path (ports with the default base):
               restrictions as 10465)
               IMAPS 127.0.0.1:10994 = auxd's TLS front -> Dovecot IMAP 10143
               (Dovecot 2.3 cannot give one listener its own certificate)
+    certificate variants: the four TLS ports again on 127.0.0.2..10, one
+    address per certificate, and TLS-1.0-only fronts on 10467 and 10995
+    (below)
     rspamd -> dnsmasq 127.0.0.1:10053 (UDP+TCP): example.test only, rest NXDOMAIN
               example.test TXT                "v=spf1 ip4:127.0.0.1 -all"
               s2026._domainkey.example.test   the key in DIR/dkim (made at first up)
@@ -127,6 +130,54 @@ Users:
 Expired certificates: 10466 and 10994 (see above): Python's ssl with
     DIR/tls/ca.pem says "certificate verify failed: certificate has expired".
 
+Certificate variants (certvariants.py), for the TLS health checks: made
+with openssl ("openssl ca", exact notBefore/notAfter) at up, in
+DIR/tls/variants, and made anew when their dates have drifted (the dated
+ones after an hour, the others after 30 days; the keys stay; the daemons
+serving a new one reload).  Each has a loopback address of its own, where
+Postfix serves submission 10587 (STARTTLS) and submissions 10465 and
+Dovecot IMAP 10143 (STARTTLS) and IMAPS 10993 with that certificate
+(master.cf services per address with their own smtpd_tls_chain_files;
+Dovecot "local <address>" blocks): full services, same AUTH and
+restrictions as on 127.0.0.1.  SAN IP:<address> and DNS:localhost unless
+said otherwise; notBefore/notAfter counted from the moment it was made.
+"Fails as": what Python's ssl says when it trusts DIR/tls/ca.pem and
+connects by address.
+    name                address     notBefore/notAfter  fails as
+    valid               127.0.0.2   -1d/+89d            (verifies)
+    expires_in_14_days  127.0.0.3   -76d/+14d           (verifies)
+    expires_in_5_days   127.0.0.4   -85d/+5d            (verifies)
+    expires_in_2_days   127.0.0.5   -88d/+2d            (verifies)
+    expired_yesterday   127.0.0.6   -91d/-1d            certificate has expired
+    not_yet_valid       127.0.0.7   +1d/+91d            certificate is not yet valid
+    wrong_name          127.0.0.8   -1d/+89d            IP address mismatch
+        SAN DNS:mail.example.org only (as "localhost": Hostname mismatch)
+    self_signed         127.0.0.9   -1d/+89d            self-signed certificate
+        its own issuer; trusting the certificate itself, it verifies
+    unknown_ca          127.0.0.10  -1d/+89d            unable to get local issuer certificate
+        issuer "Mailstack Unknown Test CA" (DIR/tls/unknown-ca.pem, not
+        sent with the certificate); trusting that file, it verifies
+TLS-1.0-only fronts (auxd; certificate tls10_only: stack CA, DNS:localhost
+and IP:127.0.0.1, -1d/+89d):
+    127.0.0.1:10467  implicit TLS -> Postfix inbound MX 10025 (no AUTH;
+                     mail for example.test accepted)
+    127.0.0.1:10995  implicit TLS -> Dovecot IMAP 10143
+    TLSv1 and nothing newer.  OpenSSL 3.0 needs @SECLEVEL=0 on both ends:
+    a client with minimum_version TLSv1 and ciphers "DEFAULT:@SECLEVEL=0"
+    gets TLSv1 (ECDHE-RSA-AES256-SHA); with SECLEVEL 1 "legacy sigalg
+    disallowed or unsupported"; a default client "tlsv1 alert protocol
+    version".
+stack.cert_variant(name) -> CertVariant: host, smtp_port (implicit TLS),
+    imap_port (IMAPS), smtp_starttls_port, imap_starttls_port (None for
+    tls10_only), cert_file, key_file, ca_file (what to trust: the stack CA,
+    the unknown CA, the certificate itself for self_signed), not_before,
+    not_after (aware UTC datetimes), not_before_text, not_after_text (as
+    openssl prints them), names, issuer, verify_error, tls_version,
+    served_by, what, days_left(); stack.cert_variants() -> {name: ...};
+    CERT_VARIANTS (the names, tls10_only last).  stack.json
+    "certificates"; env MAILSTACK_CERT_<NAME>_{HOST,SMTP_PORT,IMAP_PORT,
+    FILE,CA,NOT_AFTER}, MAILSTACK_UNKNOWN_CA, MAILSTACK_*_TLS10_PORT.
+
 IMAP helpers (IMAPS, CA-verified as "localhost"), for test setup/isolation:
     append_message(user, folder, raw, internaldate) -> UID (APPENDUID)
     folder_uids(user, folder, search="ALL")         -> [UID, ...]
@@ -146,7 +197,7 @@ with auxd_service.py running it; idp.py + authserver.py: the OAuth2 IdP,
 with idp_service.py running it and OAuthControl), their configuration
 templates in templates/, and the parts they share (config.py, faults.py,
 service.py, endpoints.py, procs.py, system.py, packages.py, tls.py,
-dkim.py, accounts.py, dnsclient.py, imapclient.py).  Adding a daemon = one
+certvariants.py, dkim.py, accounts.py, dnsclient.py, imapclient.py).  Adding a daemon = one
 more Service subclass in MailStack.services (order = start order: dnsmasq,
 rspamd, idp, dovecot, auxd, postfix) with packages/write_config/start/
 reload/endpoints/info.
@@ -154,6 +205,15 @@ reload/endpoints/info.
 
 from .accounts import address
 from .auxd_service import Auxd
+from .certvariants import (
+    CERT_VARIANT_HOSTS,
+    CERT_VARIANTS,
+    TLS10_VARIANT,
+    UNKNOWN_CA_CN,
+    WRONG_NAME_HOSTNAME,
+    CertFactory,
+    CertVariant,
+)
 from .config import (
     AUTHSERV_ID,
     DEFAULT_DIR,
@@ -173,6 +233,7 @@ from .config import (
     IMAP_PORT,
     IMAPS_EXPIRED_PORT,
     IMAPS_PORT,
+    IMAPS_TLS10_PORT,
     MAIL_HOSTS,
     MX_HOSTNAME,
     MX_PORT,
@@ -188,6 +249,7 @@ from .config import (
     SUBMISSION_PORT,
     SUBMISSIONS_EXPIRED_PORT,
     SUBMISSIONS_PORT,
+    SUBMISSIONS_TLS10_PORT,
     TLS_HOSTNAME,
     USERS,
     VMAIL_USER,
@@ -241,6 +303,8 @@ from .stack import DEFAULT, KEEP, MailStack
 from .system import StackError
 
 __all__ = [
+    "CERT_VARIANTS", "CERT_VARIANT_HOSTS", "IMAPS_TLS10_PORT", "SUBMISSIONS_TLS10_PORT", "TLS10_VARIANT",
+    "UNKNOWN_CA_CN", "WRONG_NAME_HOSTNAME", "CertFactory", "CertVariant",
     "APP_CLIENT", "AUTHSERV_ID", "DEFAULT", "DEFAULT_DIR", "DEFAULT_DMARC", "DEFAULT_EXPIRES_IN",
     "DEFAULT_PORT_BASE", "DEFAULT_SPF", "DKIM_BITS", "DKIM_NAME", "DKIM_REVOKED", "DKIM_SELECTOR",
     "DMARC_NAME", "DNS_PORT", "DOMAIN", "FORGED_AUTH_RESULTS", "GREYLIST_ACTION",

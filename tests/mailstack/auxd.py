@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""auxd: the mail stack's own small daemon, one process with two services.
+"""auxd: the mail stack's own small daemon, one process with two kinds of service.
 
 * A Postfix policy service (greylisting) on host:greylist_port.  Postfix
   asks it only for +greylist recipients (a restriction class on the inbound
@@ -7,9 +7,13 @@
   greylist_action ("defer_if_permit ...") until it was first seen N s ago,
   then "dunno", and the entry is forgotten (the next message waits again).
   N is read from greylist_seconds_file when a message is first seen.
-* An implicit-TLS front on host:imaps_expired_port presenting cert/key (the
-  EXPIRED certificate), passing the plaintext on to imap_backend (Dovecot
-  IMAP): Dovecot 2.3 cannot give one listener its own certificate.
+* Implicit-TLS fronts (cfg["fronts"]), each presenting its certificate and
+  passing the plaintext on to its backend: "imaps-expired" (the EXPIRED
+  certificate -> Dovecot IMAP; Dovecot 2.3 cannot give one port of an
+  address a certificate of its own), and the TLS-1.0-only "smtps-tls10" (-> the
+  inbound MX) and "imaps-tls10" (-> Dovecot IMAP), which negotiate TLSv1
+  and nothing newer (a server nobody should still run, for the plugin's
+  protocol-version warning).
 
 Run as ``python3 auxd.py CONFIG.json`` as root: it binds its ports and reads
 the key, becomes a daemon (the parent exits 0 once it serves), writes its
@@ -28,6 +32,7 @@ import ssl
 import sys
 import threading
 import time
+import warnings
 
 LOG_LOCK = threading.Lock()
 
@@ -159,15 +164,33 @@ class Greylist:
             conn.close()
 
 
-# -- the TLS front -------------------------------------------------------------
-class TLSFront:
-    """Implicit TLS with cfg's certificate, then bytes both ways to imap_backend."""
+# -- the TLS fronts ------------------------------------------------------------
+def server_context(cert, key, tls_version=None):
+    """A server context with cert/key: TLS 1.2 and up, or exactly
+    tls_version ("TLSv1", "TLSv1_1").  OpenSSL 3's default security level
+    refuses TLS 1.0/1.1 handshakes (their signatures use SHA-1): @SECLEVEL=0."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    if tls_version:
+        with warnings.catch_warnings():      # "ssl.TLSVersion.TLSv1 is deprecated": the point
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion[tls_version]
+        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    else:
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    return ctx
 
-    def __init__(self, cfg):
-        self.cfg = cfg
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        self.ctx.load_cert_chain(cfg["cert"], cfg["key"])
+
+class TLSFront:
+    """Implicit TLS with a certificate, then bytes both ways to a backend.
+    front: "cert", "key", "backend" [host, port] ("imap_backend" for the
+    original expired-certificate front), optional "name" (for the log) and
+    "tls_version" (see server_context)."""
+
+    def __init__(self, front):
+        self.name = front.get("name", "imaps-expired")
+        self.backend = tuple(front.get("backend") or front["imap_backend"])
+        self.ctx = server_context(front["cert"], front["key"], front.get("tls_version"))
 
     def handle(self, conn, peer):
         upstream = None
@@ -179,15 +202,15 @@ class TLSFront:
                 # a bare TCP probe (status) closes at once: not worth a line
                 if not isinstance(exc, (ssl.SSLEOFError, ConnectionResetError, socket.timeout)) \
                         and "EOF" not in str(exc):
-                    log(f"imaps-expired {peer[0]}:{peer[1]} handshake failed: {exc}")
+                    log(f"{self.name} {peer[0]}:{peer[1]} handshake failed: {exc}")
                 conn.close()
                 return
-            host, port = self.cfg["imap_backend"]
+            host, port = self.backend
             upstream = socket.create_connection((host, port), timeout=15)
             tls.settimeout(None)
             upstream.settimeout(None)
-            log(f"imaps-expired {peer[0]}:{peer[1]} connected (a client that accepted the expired "
-                f"certificate), -> {host}:{port}")
+            log(f"{self.name} {peer[0]}:{peer[1]} connected ({tls.version()}, {tls.cipher()[0]}), "
+                f"-> {host}:{port}")
             relay(tls, upstream)
         except (ssl.SSLError, OSError):
             pass
@@ -256,10 +279,10 @@ def main(argv=None):
     with open(argv[0]) as fh:
         cfg = json.load(fh)
     host = cfg["host"]
-    # as root: the ports, the key, and the log file (the stack's, root's)
+    # as root: the ports, the keys, and the log file (the stack's, root's)
     greylist_sock = listen(host, cfg["greylist_port"])
-    tls_sock = listen(host, cfg["imaps_expired_port"])
-    greylist, front = Greylist(cfg), TLSFront(cfg)
+    fronts = [(listen(front.get("host", host), front["port"]), TLSFront(front)) for front in cfg["fronts"]]
+    greylist = Greylist(cfg)
     logf = open(cfg["log"], "a")
     ready_fd = daemonize(cfg)
     redirect_stdio(logf)
@@ -267,11 +290,11 @@ def main(argv=None):
     drop_privileges(cfg["user"])
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    for sock, handler in ((greylist_sock, greylist.handle), (tls_sock, front.handle)):
+    for sock, handler in [(greylist_sock, greylist.handle), *((s, f.handle) for s, f in fronts)]:
         threading.Thread(target=serve, args=(sock, handler), daemon=True).start()
-    backend_host, backend_port = cfg["imap_backend"]
-    log(f"started pid {os.getpid()}: greylist policy {host}:{cfg['greylist_port']}, "
-        f"imaps-expired {host}:{cfg['imaps_expired_port']} -> {backend_host}:{backend_port}")
+    described = ", ".join(f"{f.name} {host}:{s.getsockname()[1]} -> {f.backend[0]}:{f.backend[1]}"
+                          for s, f in fronts)
+    log(f"started pid {os.getpid()}: greylist policy {host}:{cfg['greylist_port']}, {described}")
     os.write(ready_fd, b"ok")
     os.close(ready_fd)
     while True:

@@ -1,9 +1,10 @@
 """auxd as a service of the stack: its configuration, its copy, its life cycle.
 
 The daemon is auxd.py next to this file (greylisting policy, expired-
-certificate IMAPS front).  The stack runs a copy in DIR/aux with the system's
-python3: a changed auxd.py is then a changed file like any configuration,
-and the daemon is restarted at the next up.
+certificate IMAPS front, the TLS-1.0-only fronts for SMTP and IMAP).  The
+stack runs a copy in DIR/aux with the system's python3: a changed auxd.py
+is then a changed file like any configuration, and the daemon is restarted
+at the next up.
 """
 
 import json
@@ -12,7 +13,16 @@ import pathlib
 import sys
 
 from . import auxd, endpoints
-from .config import GREYLIST_POLICY_PORT, HOST, IMAP_PORT, IMAPS_EXPIRED_PORT
+from .certvariants import TLS10_VARIANT
+from .config import (
+    GREYLIST_POLICY_PORT,
+    HOST,
+    IMAP_PORT,
+    IMAPS_EXPIRED_PORT,
+    IMAPS_TLS10_PORT,
+    MX_PORT,
+    SUBMISSIONS_TLS10_PORT,
+)
 from .faults import GREYLIST_ACTION, GREYLIST_DEFAULT_SECONDS, GREYLIST_STALE_SECONDS
 from .procs import proc_cmdline
 from .service import Service
@@ -40,14 +50,35 @@ class Auxd(Service):
         return self.script in cmd and self.conf in cmd
 
     def endpoints(self):
-        return [endpoints.tcp(HOST, GREYLIST_POLICY_PORT), endpoints.tcp(HOST, IMAPS_EXPIRED_PORT)]
+        return [endpoints.tcp(HOST, GREYLIST_POLICY_PORT), endpoints.tcp(HOST, IMAPS_EXPIRED_PORT),
+                endpoints.tcp(HOST, SUBMISSIONS_TLS10_PORT), endpoints.tcp(HOST, IMAPS_TLS10_PORT)]
+
+    def certificate_files(self):
+        """The TLS 1.0 fronts' certificate, read at start: a new one needs a restart."""
+        return [self.stack.cert_factory.cert_file(TLS10_VARIANT)]
+
+    def fronts(self):
+        """auxd's TLS fronts: name, port, certificate, backend, TLS version."""
+        s, factory = self.stack, self.stack.cert_factory
+        tls10 = {"host": HOST, "cert": factory.cert_file(TLS10_VARIANT),
+                 "key": factory.key_file(TLS10_VARIANT), "tls_version": "TLSv1"}
+        return [
+            {"name": "imaps-expired", "host": HOST, "port": IMAPS_EXPIRED_PORT, "backend": [HOST, IMAP_PORT],
+             "cert": s.expired_cert, "key": s.expired_key, "tls_version": None},
+            dict(tls10, name="smtps-tls10", port=SUBMISSIONS_TLS10_PORT, backend=[HOST, MX_PORT]),
+            dict(tls10, name="imaps-tls10", port=IMAPS_TLS10_PORT, backend=[HOST, IMAP_PORT]),
+        ]
 
     def info(self):
         return {"script": self.script, "config": self.conf, "log": self.log,
                 "greylist_policy": f"inet:{HOST}:{GREYLIST_POLICY_PORT}",
                 "greylist_seconds_file": self.seconds_file,
                 "imaps_expired_port": IMAPS_EXPIRED_PORT,
-                "imaps_expired_backend": f"{HOST}:{IMAP_PORT}"}
+                "imaps_expired_backend": f"{HOST}:{IMAP_PORT}",
+                "tls_fronts": {f["name"]: {"address": f"{f['host']}:{f['port']}",
+                                           "backend": f"{f['backend'][0]}:{f['backend'][1]}",
+                                           "cert": f["cert"], "tls_version": f["tls_version"] or "TLSv1.2+"}
+                               for f in self.fronts()}}
 
     @staticmethod
     def python():
@@ -56,7 +87,6 @@ class Auxd(Service):
         return "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 
     def write_config(self):
-        s = self.stack
         make_dir(self.conf_dir, 0o755)
         if not os.path.exists(self.seconds_file):
             write_file(self.seconds_file, f"{GREYLIST_DEFAULT_SECONDS:g}\n", 0o644)
@@ -65,9 +95,7 @@ class Auxd(Service):
                "greylist_default_seconds": GREYLIST_DEFAULT_SECONDS,
                "greylist_stale_seconds": GREYLIST_STALE_SECONDS,
                "greylist_action": GREYLIST_ACTION,
-               "imaps_expired_port": IMAPS_EXPIRED_PORT,
-               "imap_backend": [HOST, IMAP_PORT],
-               "cert": s.expired_cert, "key": s.expired_key,
+               "fronts": self.fronts(),
                "pidfile": self.pidfile(), "log": self.log, "user": "nobody"}
         changed = write_file(self.script, SOURCE.read_bytes(), 0o755)
         changed |= write_file(self.conf, json.dumps(cfg, indent=1, sort_keys=True) + "\n", 0o644)

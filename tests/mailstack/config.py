@@ -34,7 +34,7 @@ def port_base(environ=os.environ):
         base = int(text)
     except ValueError:
         raise ValueError(f"MAILSTACK_PORT_BASE must be a number, not {text!r}") from None
-    # the highest offset is 994; below 1024 would need privileges nobody has
+    # the highest offset is 995; below 1024 would need privileges nobody has
     if not 1024 <= base <= 64500:
         raise ValueError(f"MAILSTACK_PORT_BASE out of range 1024..64500: {base}")
     return base
@@ -52,6 +52,14 @@ IMAPS_PORT = PORT_BASE + 993                # Dovecot IMAPS
 # TLS front to Dovecot IMAP.
 SUBMISSIONS_EXPIRED_PORT = PORT_BASE + 466  # Postfix, implicit TLS, AUTH
 IMAPS_EXPIRED_PORT = PORT_BASE + 994        # auxd TLS -> Dovecot IMAP
+# TLS-1.0-only fronts (auxd, stack CA certificate for localhost and HOST):
+# implicit TLS that negotiates TLSv1 and nothing newer, relaying to the
+# inbound MX (no AUTH) and to Dovecot IMAP.
+SUBMISSIONS_TLS10_PORT = PORT_BASE + 467    # auxd TLSv1 -> Postfix MX_PORT
+IMAPS_TLS10_PORT = PORT_BASE + 995          # auxd TLSv1 -> Dovecot IMAP
+# The certificate variants (certvariants.py) listen on loopback addresses of
+# their own, 127.0.0.2 and up, on SUBMISSION_PORT, SUBMISSIONS_PORT,
+# IMAP_PORT and IMAPS_PORT: the same numbers, other addresses.
 GREYLIST_POLICY_PORT = PORT_BASE + 28       # auxd: Postfix policy service (greylisting)
 DNS_PORT = PORT_BASE + 53                   # dnsmasq, UDP and TCP
 # rspamd: one milter worker signs (submission) and verifies (inbound MX);

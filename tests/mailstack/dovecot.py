@@ -1,4 +1,5 @@
-"""Dovecot: IMAP and IMAPS, LMTP for Postfix, SASL for Postfix (passwords,
+"""Dovecot: IMAP and IMAPS (on HOST, and on each certificate variant's own
+address with its certificate: "local" blocks), LMTP for Postfix, SASL for Postfix (passwords,
 and OAuth2 tokens checked at the stack's IdP), quota-status, and the
 sieve_before script that files +junk mail into Junk."""
 
@@ -10,6 +11,7 @@ import time
 
 from . import endpoints
 from .accounts import address
+from .certvariants import VARIANT_SPECS
 from .config import DOMAIN, HOST, IMAP_PORT, IMAPS_PORT, QUOTA_LIMIT, TLS_HOSTNAME, USERS, VMAIL_USER
 from .faults import (
     JUNK_DETAIL,
@@ -62,7 +64,12 @@ class Dovecot(Service):
     def endpoints(self):
         return [endpoints.tcp(HOST, IMAP_PORT), endpoints.tcp(HOST, IMAPS_PORT),
                 endpoints.unix(self.auth_socket), endpoints.unix(self.lmtp_socket),
-                endpoints.unix(self.quota_socket)]
+                endpoints.unix(self.quota_socket)] + [
+            endpoints.tcp(spec.host, port) for spec in VARIANT_SPECS for port in (IMAP_PORT, IMAPS_PORT)]
+
+    def certificate_files(self):
+        """Certificates read at (re)start: a new one needs a reload."""
+        return [self.stack.cert_factory.cert_file(spec.name) for spec in VARIANT_SPECS]
 
     def info(self):
         return {"config": self.conf, "base_dir": self.base_dir,
@@ -78,6 +85,10 @@ class Dovecot(Service):
         make_dir(self.state_dir, 0o755)
         make_dir(self.base_dir, 0o755)
         vmail = pwd.getpwnam(VMAIL_USER)
+        factory = s.cert_factory
+        locals_ = "".join(render("dovecot/local-variant.conf", name=spec.name, address=spec.host,
+                                 cert=factory.cert_file(spec.name), key=factory.key_file(spec.name))
+                          for spec in VARIANT_SPECS)
         conf = render(
             "dovecot/dovecot.conf",
             base_dir=self.base_dir, state_dir=self.state_dir, log=self.log,
@@ -86,7 +97,9 @@ class Dovecot(Service):
             vmail_uid=vmail.pw_uid, vmail=VMAIL_USER, domain=DOMAIN,
             imap_port=IMAP_PORT, imaps_port=IMAPS_PORT, host=HOST,
             quota=QUOTA_LIMIT, hostname=TLS_HOSTNAME, sieve_before=self.sieve_before,
-            deny_file=self.deny_file, quota_reply=QUOTA_STATUS_OVERQUOTA, oauth2_config=self.oauth2_conf)
+            deny_file=self.deny_file, quota_reply=QUOTA_STATUS_OVERQUOTA, oauth2_config=self.oauth2_conf,
+            listen_addresses=" ".join([HOST, *(spec.host for spec in VARIANT_SPECS)]),
+            cert_variant_locals=locals_)
         # before the config that names them: a missing passwd-file fails every login
         self._write_deny_file()     # re-read by Dovecot when it changes: no reload
         changed = self._write_oauth2_conf()

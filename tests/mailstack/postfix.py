@@ -1,12 +1,15 @@
 """Postfix: the submission ports (STARTTLS, implicit TLS, and the expired-
-certificate twin), the inbound "MX" port the submitted mail is relayed to,
-the fault knobs' access maps, and the queue (hold, release, flush)."""
+certificate twin), both submission ports again on each certificate
+variant's own address with its certificate, the inbound "MX" port the
+submitted mail is relayed to, the fault knobs' access maps, and the queue
+(hold, release, flush)."""
 
 import json
 import os
 import pwd
 
 from . import endpoints
+from .certvariants import VARIANT_SPECS
 from .config import (
     DOMAIN,
     GREYLIST_POLICY_PORT,
@@ -69,7 +72,13 @@ class Postfix(Service):
 
     def endpoints(self):
         return [endpoints.tcp(HOST, port)
-                for port in (SUBMISSION_PORT, SUBMISSIONS_PORT, MX_PORT, SUBMISSIONS_EXPIRED_PORT)]
+                for port in (SUBMISSION_PORT, SUBMISSIONS_PORT, MX_PORT, SUBMISSIONS_EXPIRED_PORT)] + [
+            endpoints.tcp(spec.host, port)
+            for spec in VARIANT_SPECS for port in (SUBMISSION_PORT, SUBMISSIONS_PORT)]
+
+    def certificate_files(self):
+        """Certificates read at (re)start: a new one needs a reload."""
+        return [self.stack.cert_factory.cert_file(spec.name) for spec in VARIANT_SPECS]
 
     def info(self):
         return {"config_dir": self.conf_dir, "queue_dir": self.queue_dir,
@@ -99,6 +108,10 @@ class Postfix(Service):
             quota_socket=dovecot.quota_socket, greylist_port=GREYLIST_POLICY_PORT,
             subs_expired_port=SUBMISSIONS_EXPIRED_PORT,
             expired_cert=s.expired_cert, expired_key=s.expired_key)
+        values["cert_variant_services"] = "".join(
+            render("postfix/master-variant.cf", **values, name=spec.name, address=spec.host,
+                   cert=s.cert_factory.cert_file(spec.name), key=s.cert_factory.key_file(spec.name))
+            for spec in VARIANT_SPECS)
         files = {
             os.path.join(self.conf_dir, "main.cf"): render("postfix/main.cf", **values),
             os.path.join(self.conf_dir, "master.cf"): render("postfix/master.cf", **values),

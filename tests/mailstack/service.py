@@ -49,6 +49,11 @@ class Service:
     def info(self):
         return {}
 
+    def certificate_files(self):
+        """Certificate files the daemon reads at start and reload only: up
+        reloads it when one of them was made anew."""
+        return []
+
     def reload(self):
         pid = self.pid()
         if pid:

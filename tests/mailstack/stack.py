@@ -1,6 +1,6 @@
 """MailStack: the daemons together, their order, the stack's files, and the
 knobs the tests turn (DNS records, passwords, greylisting, the queue, IMAP;
-the OAuth2 IdP's are on stack.oauth)."""
+the OAuth2 IdP's are on stack.oauth; the certificate variants)."""
 
 import contextlib
 import hashlib
@@ -12,6 +12,7 @@ import time
 from . import faults, imapclient
 from .accounts import Accounts, address
 from .auxd_service import Auxd
+from .certvariants import CERT_VARIANTS, CertFactory
 from .config import (
     AUTHSERV_ID,
     DEFAULT_DMARC,
@@ -28,6 +29,7 @@ from .config import (
     IMAP_PORT,
     IMAPS_EXPIRED_PORT,
     IMAPS_PORT,
+    IMAPS_TLS10_PORT,
     MX_PORT,
     PORT_BASE,
     RSPAMD_MILTER_PORT,
@@ -35,6 +37,7 @@ from .config import (
     SUBMISSION_PORT,
     SUBMISSIONS_EXPIRED_PORT,
     SUBMISSIONS_PORT,
+    SUBMISSIONS_TLS10_PORT,
     TLS_HOSTNAME,
     USERS,
     VMAIL_USER,
@@ -81,6 +84,9 @@ class MailStack:
         self.tls_cert, self.tls_key = self.certificates.cert, self.certificates.key
         # EXPIRED server certificate (stack CA, DNS:localhost), ports *_EXPIRED_PORT
         self.expired_cert, self.expired_key = self.certificates.expired_cert, self.certificates.expired_key
+        # the certificate variants (certvariants.py): cert_variant(name)
+        self.cert_factory = CertFactory(self.tls_dir, self.ca, self.ca_key,
+                                        os.path.join(self.log_dir, "openssl.log"), self._say)
         self.secrets_dir = os.path.join(self.dir, "secrets")
         self.mail_dir = os.path.join(self.dir, "mail")
         self.accounts = Accounts(self.secrets_dir, self.mail_dir)
@@ -121,6 +127,7 @@ class MailStack:
         self.ensure_packages()
         self._ensure_dirs()
         self.certificates.ensure()
+        renewed = self.cert_factory.ensure()    # certificate files made anew
         self.accounts.ensure()
         self.idp.ensure_secrets()       # before Dovecot's config, which holds its client's
         self.dovecot.write_passwd_file(self.accounts)
@@ -129,6 +136,7 @@ class MailStack:
         actions = []
         for svc in self.services:
             changed = svc.write_config()
+            changed |= bool(renewed & set(svc.certificate_files()))
             if svc.is_running():
                 if changed:
                     svc.reload()
@@ -382,6 +390,22 @@ class MailStack:
         with self.imap(user) as client:
             return imapclient.expunge_all(client, self.address(user), folder)
 
+    # -------------------------------------------------------- certificates
+    CERT_VARIANTS = CERT_VARIANTS
+
+    def cert_variant(self, name):
+        """The certificate variant called name (see certvariants.py): a
+        CertVariant with .host, .smtp_port (implicit TLS), .imap_port
+        (IMAPS), .smtp_starttls_port, .imap_starttls_port, .cert_file,
+        .ca_file, .not_after (aware UTC datetime), .not_after_text (as
+        openssl prints it), .verify_error, .tls_version, ...  KeyError for a
+        name not in CERT_VARIANTS."""
+        return self.cert_factory.variant(name)
+
+    def cert_variants(self):
+        """{name: CertVariant} for all of CERT_VARIANTS."""
+        return self.cert_factory.variants()
+
     # -------------------------------------------------------- stack.json, env
     def info(self):
         """Everything a test or a person needs to know about the stack (stack.json)."""
@@ -398,6 +422,7 @@ class MailStack:
                       "mx": MX_PORT, "imap": IMAP_PORT, "imaps": IMAPS_PORT,
                       "submissions_expired": SUBMISSIONS_EXPIRED_PORT,
                       "imaps_expired": IMAPS_EXPIRED_PORT,
+                      "submissions_tls10": SUBMISSIONS_TLS10_PORT, "imaps_tls10": IMAPS_TLS10_PORT,
                       "greylist_policy": GREYLIST_POLICY_PORT, "idp": IDP_PORT},
             "ca": self.ca,
             "tls": {"ca": self.ca, "cert": self.tls_cert, "key": self.tls_key,
@@ -424,6 +449,7 @@ class MailStack:
             "dmarc": {"name": DMARC_NAME, "default": DEFAULT_DMARC},
             "rspamd": self.rspamd.info(),
             "authserv_id": AUTHSERV_ID,
+            "certificates": self.cert_factory.info(),
         }
 
     def write_stack_json(self):
@@ -466,6 +492,15 @@ class MailStack:
         for user, details in info["users"].items():
             out[f"MAILSTACK_{user.upper()}_ADDRESS"] = details["address"]
             out[f"MAILSTACK_{user.upper()}_PASSWORD_FILE"] = details["password_file"]
+        certificates = info["certificates"]
+        if certificates:
+            out["MAILSTACK_UNKNOWN_CA"] = certificates["unknown_ca"]
+        for name, variant in certificates.get("variants", {}).items():
+            prefix = f"MAILSTACK_CERT_{name.upper()}"
+            out.update({f"{prefix}_HOST": variant["host"], f"{prefix}_SMTP_PORT": str(variant["smtp_port"]),
+                        f"{prefix}_IMAP_PORT": str(variant["imap_port"]),
+                        f"{prefix}_FILE": variant["cert_file"], f"{prefix}_CA": variant["ca_file"],
+                        f"{prefix}_NOT_AFTER": variant["not_after"]})
         return out
 
     def check_created(self):
