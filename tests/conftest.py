@@ -29,7 +29,7 @@ from mailstack import TLS_HOSTNAME, MailStack  # noqa: E402
 PLUGIN = "check_email_roundtrip"
 PASSWORD_ENV = ("CHECK_EMAIL_ROUNDTRIP_SMTP_PASSWORD", "CHECK_EMAIL_ROUNDTRIP_IMAP_PASSWORD")
 STATUS_LINE = re.compile(r"^EMAIL_ROUNDTRIP (OK|WARNING|CRITICAL|UNKNOWN) - \S")
-PERF_ITEM = re.compile(r"^([a-z0-9_]+)=(\d+(?:\.\d+)?)(s|c)?((?:;[^;\s]*){0,4})$")
+PERF_ITEM = re.compile(r"^([a-z0-9_]+)=(-?\d+(?:\.\d+)?)(s|c)?((?:;[^;\s]*){0,4})$")
 
 
 # default state directories of the plugin runs, removed when the session ends
