@@ -138,9 +138,7 @@ class Session:
         self.step_end = self.deadline.step_ends(self._step_limit)
         self.timeout = max(self.step_end - time.monotonic(), MIN_SOCKET_TIMEOUT)
         self._reply_bytes = 0
-        sock = self.current_socket()
-        if sock is not None:
-            sock.settimeout(self.timeout)
+        _set_timeout(self.current_socket(), self.timeout)
 
     def protocol_error(self, phase: Phase, exc: Exception) -> ProbeError | None:
         """The stdlib client's exception as a ProbeError; None: not ours to map."""
@@ -247,9 +245,7 @@ class Session:
         left = self.step_end - time.monotonic()
         if left <= 0:
             raise self._timed_out()
-        sock = self.current_socket()
-        if sock is not None:
-            sock.settimeout(max(left, MIN_SOCKET_TIMEOUT))
+        _set_timeout(self.current_socket(), max(left, MIN_SOCKET_TIMEOUT))
 
     def _timed_out(self) -> OSError:
         """Silence (no answer within the step) or a reply still coming at its end."""
@@ -290,6 +286,17 @@ class Session:
     def received_literal(self, data: bytes) -> None:
         if self.trace is not None:
             self.trace(f"{self.protocol} < <literal of {len(data)} bytes>")
+
+
+def _set_timeout(sock: socket.socket | None, seconds: float) -> None:
+    """The socket's timeout, if it is still open: a failed TLS handshake
+    closes it, and the goodbye after that must end quietly, not in EBADF."""
+    if sock is None:
+        return
+    try:
+        sock.settimeout(seconds)
+    except OSError:
+        pass  # closed: the next read or write says so, as the step's error
 
 
 def _readable(sock: socket.socket, seconds: float) -> bool:
