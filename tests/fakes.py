@@ -200,6 +200,10 @@ def probe_message(marker: str, subject: str | None = None) -> bytes:
 # -- SMTP ------------------------------------------------------------------------------------------
 
 Step = Union[bytes, Callable[..., None], None]
+AUTH_RESULTS = (
+    b"Authentication-Results: fake.example.test; spf=pass smtp.mailfrom=probe@example.test;\r\n"
+    b"\tdkim=pass header.d=example.test; dmarc=pass header.from=example.test\r\n"
+)
 EHLO = b"250-fake.example.test\r\n250-8BITMIME\r\n250-AUTH PLAIN LOGIN\r\n250 SMTPUTF8\r\n"
 
 
@@ -210,10 +214,10 @@ class SmtpFake(FakeServer):
 
     Steps: greeting, ehlo, starttls, auth, mail, rcpt, data (the 354),
     message (the reply to the message), quit.  ``deliver(raw)`` files a
-    message; by default it goes to the mailbox's INBOX."""
+    message into the mailbox's ``folder`` (INBOX)."""
 
-    def __init__(self, mailbox: Mailbox | None = None, **steps: Step):
-        self.mailbox = mailbox
+    def __init__(self, mailbox: Mailbox | None = None, folder: str = "INBOX", **steps: Step):
+        self.mailbox, self.folder = mailbox, folder
         self.steps: dict[str, Step] = {
             "greeting": b"220 fake.example.test ESMTP\r\n",
             "ehlo": EHLO,
@@ -232,8 +236,9 @@ class SmtpFake(FakeServer):
         super().__init__(self._session)
 
     def deliver(self, raw: bytes) -> None:
+        """Into the mailbox's ``folder``, with the receiver's all-pass verdicts on top."""
         if self.mailbox is not None:
-            self.mailbox.deliver(raw)
+            self.mailbox.deliver(AUTH_RESULTS + raw, self.folder)
 
     def _step(self, peer: Peer, name: str, *args: object) -> bool:
         """Play one step; False: the connection is over."""
