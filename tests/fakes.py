@@ -436,7 +436,9 @@ class ImapFake(FakeServer):
                     m.deleted = True
             return ok, selected
         if command == "EXPUNGE":
-            box.expunged += [m.uid for m in messages if m.deleted]
+            gone = [m for m in box.folders.get(selected or "", []) if m.deleted]
+            box.expunged += [m.uid for m in gone]
+            box.folders[selected or ""] = [m for m in box.folders.get(selected or "", []) if not m.deleted]
             return ok, selected
         return f"{tag} BAD unknown command\r\n".encode(), selected
 
