@@ -30,6 +30,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -493,40 +494,49 @@ def _matches(message: Message, args: str) -> bool:
 # -- running the plugin and measuring it ------------------------------------------------------------
 
 
+# Runs the plugin as its child and writes the child's ru_maxrss (KiB) to
+# argv[1].  The kernel counts into a process's peak RSS the image of the
+# process it was forked from (pytest, hundreds of MiB in a full run): a small
+# interpreter in between forks the plugin from an image of a few MiB.
+_MEASURE = (
+    "import os, sys\n"
+    "pid = os.fork()\n"
+    "if pid == 0:\n"
+    "    os.execv(sys.argv[2], sys.argv[2:])\n"
+    "_, status, usage = os.wait4(pid, 0)\n"
+    "with open(sys.argv[1], 'w') as out:\n"
+    "    out.write(str(usage.ru_maxrss))\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))\n"
+)
+
+
 def run_measured(
     *args: str, env: dict[str, str] | None = None, timeout: float = 60
 ) -> tuple[PluginRun, float]:
     """The installed plugin, as conftest.run_plugin runs it; also its peak
-    RSS in MiB, from the kernel (wait4's ru_maxrss)."""
+    RSS in MiB, from the kernel (wait4's ru_maxrss of the plugin process)."""
     executable = shutil.which(PLUGIN)
     assert executable, f"{PLUGIN} is not installed"
     full_env = {key: value for key, value in os.environ.items() if key not in PASSWORD_ENV}
     full_env["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="cer-fake-state-")
     full_env.update(env or {})
+    peak_file = os.path.join(full_env["XDG_STATE_HOME"], "peak-rss")
     started = time.monotonic()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        process = subprocess.Popen(
-            [executable, *args], stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=full_env
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _MEASURE, peak_file, executable, *args],
+            capture_output=True,
+            text=True,
+            env=full_env,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
         )
-        killer = threading.Timer(timeout, process.kill)
-        killer.start()
-        try:
-            _, status, usage = os.wait4(process.pid, 0)
-        finally:
-            killer.cancel()
-        process.returncode = os.waitstatus_to_exitcode(status)
-        seconds = time.monotonic() - started
-        out.seek(0)
-        err.seek(0)
-        run = PluginRun(
-            list(args),
-            process.returncode,
-            out.read().decode("utf-8", "replace"),
-            err.read().decode("utf-8", "replace"),
-            seconds,
-        )
-    shutil.rmtree(full_env["XDG_STATE_HOME"], ignore_errors=True)
-    return run, usage.ru_maxrss / 1024.0
+        with open(peak_file) as file:
+            peak = int(file.read()) / 1024.0
+    finally:
+        shutil.rmtree(full_env["XDG_STATE_HOME"], ignore_errors=True)
+    run = PluginRun(list(args), done.returncode, done.stdout, done.stderr, time.monotonic() - started)
+    return run, peak
 
 
 def password_file(directory, password: str = "fake-password", name: str = "password") -> str:
