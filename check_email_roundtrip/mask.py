@@ -8,9 +8,10 @@ as typed, with its whitespace runs collapsed (replies are made one line), as
 an IMAP quoted string (``"`` and ``\\`` escaped), and base64 (AUTH PLAIN and
 LOGIN, the OAuth2 initial responses).  Our own words (the state, the
 phase, paths, numbers) are never masked, and inside server text a secret is
-replaced only where it stands on its own, not inside a longer word: a
-one-letter test password does not turn ``/nonexistent`` into
-``/none********istent``.
+replaced only where it stands on its own, not inside a longer word or a
+dotted number: a one-letter test password does not turn ``/nonexistent``
+into ``/none********istent``, nor a password ``0`` the reply ``250 2.0.0``
+into ``250 2.********.********``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ import re
 MASK = "********"
 # Characters that continue a word (or a base64 run) around a secret.
 _WORD = r"[A-Za-z0-9]"
+# ... and a dotted number around it ("2.0.0", "0.105"): digits either side of a dot
+_BEFORE = rf"(?<!{_WORD})(?<![0-9]\.)"
+_AFTER = rf"(?!{_WORD})(?!\.[0-9])"
 _secrets: set[str] = set()
 _pattern: re.Pattern[str] | None = None
 
@@ -51,5 +55,5 @@ def mask(text: str) -> str:
     if _pattern is None:
         # longest first, so a secret containing another is masked whole
         alternatives = "|".join(re.escape(s) for s in sorted(_secrets, key=len, reverse=True))
-        _pattern = re.compile(f"(?<!{_WORD})(?:{alternatives})(?!{_WORD})")
+        _pattern = re.compile(f"{_BEFORE}(?:{alternatives}){_AFTER}")
     return _pattern.sub(MASK, text)

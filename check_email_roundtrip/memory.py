@@ -117,6 +117,10 @@ class StateFile:
         if not self.usable:
             return Memory()
         try:
+            # looked at before a lock file is made beside it: a path that is
+            # not our state (a mistyped /etc/passwd) gets no /etc/passwd.lock,
+            # which is the lock of shadow's tools and would stop useradd
+            self._load()
             with FileLock(self.path + ".lock", deadline):
                 return self._load()
         except (OSError, NotOurs) as exc:

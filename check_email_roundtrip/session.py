@@ -157,9 +157,7 @@ class Session:
         self.step_end = self.deadline.step_ends(self._step_limit)
         self.timeout = max(self.step_end - time.monotonic(), MIN_SOCKET_TIMEOUT)
         self._reply_bytes = 0
-        sock = self.current_socket()
-        if sock is not None:
-            sock.settimeout(self.timeout)
+        _set_timeout(self.current_socket(), self.timeout)
 
     def protocol_error(self, phase: Phase, exc: Exception) -> ProbeError | None:
         """The stdlib client's exception as a ProbeError; None: not ours to map."""
@@ -317,9 +315,7 @@ class Session:
         left = self.step_end - time.monotonic()
         if left <= 0:
             raise self._timed_out()
-        sock = self.current_socket()
-        if sock is not None:
-            sock.settimeout(max(left, MIN_SOCKET_TIMEOUT))
+        _set_timeout(self.current_socket(), max(left, MIN_SOCKET_TIMEOUT))
 
     def _timed_out(self) -> OSError:
         """Silence (no answer within the step) or a reply still coming at its end."""
@@ -372,6 +368,17 @@ def _answered(lines: BinaryIO, expect: bytes) -> bool:
         if not line or not (line[3:4] == b"-" or (line.startswith(b"* ") and not expect.startswith(b"*"))):
             return False
     return False
+
+
+def _set_timeout(sock: socket.socket | None, seconds: float) -> None:
+    """The socket's timeout, if it is still open: a failed TLS handshake
+    closes it, and the goodbye after that must end quietly, not in EBADF."""
+    if sock is None:
+        return
+    try:
+        sock.settimeout(seconds)
+    except OSError:
+        pass  # closed: the next read or write says so, as the step's error
 
 
 def _readable(sock: socket.socket, seconds: float) -> bool:

@@ -13,7 +13,8 @@ Phases and what each timing bucket covers:
 - ``starttls``: the STARTTLS command, the handshake and the EHLO after it;
 - ``auth``: the AUTH exchange;
 - ``submit``: MAIL FROM up to the server's final reply to the message data;
-- ``total``: from the start of ``connect`` until QUIT was answered.
+- ``total``: from the start of ``connect`` until QUIT was answered (until the
+  reply to the message when it never is).
 
 smtplib is used through its public API: we hand it a connected socket and a
 :class:`~.session.Wire` to read replies from, and it sends through ``send``.
@@ -316,15 +317,17 @@ class SmtpSession(Session):
         final_reply = " ".join(f"{code} {reply_text(text)}".split())
         return Submission(final_reply, parse_queue_id(final_reply), mail_from_at, mail_from_wall, data_wall)
 
-    def quit(self) -> None:
+    def quit(self) -> bool:
+        """QUIT, at most GOODBYE seconds; whether the server answered it."""
         try:
             # in the background: the run's stage is what the main thread does
             with self.phase(Phase.SMTP_QUIT, limit=GOODBYE, names_stage=False):
                 self.client.quit()
+            return True
         except ProbeError:
             # The message is accepted once DATA got its 250; a server that
             # drops the line before answering QUIT has still taken it.
-            pass
+            return False
 
     def close(self) -> None:
         if self._client is not None:
@@ -366,7 +369,9 @@ def submit_message(
     ``times`` gets each completed phase's bucket, and ``total`` once QUIT is
     answered.  QUIT is said in the background: the message is the server's
     once DATA got its 250, and a round trip must not wait for a slow 221.
-    The second value waits for that goodbye (at most GOODBYE seconds)."""
+    The second value waits for that goodbye (at most GOODBYE seconds).
+    ``total`` ends with the 221, or, when QUIT is never answered, with the
+    reply to the message: our wait for a goodbye is not the server's time."""
     session = SmtpSession(endpoint, deadline, tls, trace, helo_name, address_family)
     session.times = times
     started = time.monotonic()
@@ -377,14 +382,15 @@ def submit_message(
                 raise RuntimeError("a login without its secret")
             session.authenticate(endpoint.login, secret)
         submission = session.submit(envelope_from, recipients, message)
+        accepted = time.monotonic()
     except BaseException:
         session.close()
         raise
 
     def goodbye() -> None:
         try:
-            session.quit()
-            times.add("total", time.monotonic() - started)
+            answered = session.quit()
+            times.add("total", (time.monotonic() if answered else accepted) - started)
         finally:
             session.close()
 

@@ -28,6 +28,11 @@ from .procs import proc_cmdline
 from .service import Service
 from .system import StackError, make_dir, render, run, write_file
 
+# IMAP sessions per user and client address (mail_max_userip_connections):
+# raised above Dovecot's stock 10 for the tests that run twenty probes at once.
+MAX_USERIP_CONNECTIONS = 100
+STOCK_MAX_USERIP_CONNECTIONS = 10
+
 
 class Dovecot(Service):
     name = "dovecot"
@@ -53,6 +58,8 @@ class Dovecot(Service):
         self.sieve_dir = os.path.join(self.conf_dir, "sieve")
         self.sieve_before = os.path.join(self.sieve_dir, "before.sieve")
         self.sieve_before_bin = os.path.join(self.sieve_dir, "before.svbin")
+        # not kept across processes: every up() writes the stack's own value
+        self.max_userip_connections = MAX_USERIP_CONNECTIONS
 
     def pidfile(self):
         return os.path.join(self.base_dir, "master.pid")
@@ -99,7 +106,8 @@ class Dovecot(Service):
             quota=QUOTA_LIMIT, hostname=TLS_HOSTNAME, sieve_before=self.sieve_before,
             deny_file=self.deny_file, quota_reply=QUOTA_STATUS_OVERQUOTA, oauth2_config=self.oauth2_conf,
             listen_addresses=" ".join([HOST, *(spec.host for spec in VARIANT_SPECS)]),
-            cert_variant_locals=locals_)
+            cert_variant_locals=locals_,
+            max_userip_connections=self.max_userip_connections)
         # before the config that names them: a missing passwd-file fails every login
         self._write_deny_file()     # re-read by Dovecot when it changes: no reload
         changed = self._write_oauth2_conf()
@@ -139,6 +147,19 @@ class Dovecot(Service):
         if self.is_running():
             time.sleep(1.0 - (time.time() % 1.0) + 0.02)
         return True
+
+    def set_max_userip_connections(self, limit):
+        """mail_max_userip_connections for new IMAP logins: the config
+        rewritten and Dovecot reloaded (sessions already open keep going)."""
+        self.max_userip_connections = int(limit)
+        if self.write_config() and self.is_running():
+            self.doveadm("reload")
+            time.sleep(0.5)     # the reloaded master answers new logins with the new value
+
+    def userip_connections(self, user):
+        """IMAP sessions Dovecot counts for ``user`` now (doveadm who)."""
+        out = self.doveadm("who", "-1", address(user), check=False).stdout
+        return sum(1 for line in out.splitlines()[1:] if line.split()[:1] == [address(user)])
 
     def doveadm(self, *args, check=True):
         """Run doveadm against this instance."""

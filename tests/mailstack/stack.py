@@ -46,7 +46,7 @@ from .config import (
 from .dkim import DkimKeys
 from .dnsclient import dns_query
 from .dnsmasq import Dnsmasq, checked_name, checked_values
-from .dovecot import Dovecot
+from .dovecot import STOCK_MAX_USERIP_CONNECTIONS, Dovecot
 from .idp_service import IdP, OAuthControl
 from .packages import install_packages
 from .postfix import Postfix
@@ -324,6 +324,27 @@ class MailStack:
         seconds = self.auxd.set_greylist_seconds(float(seconds))
         self._refresh_stack_json()
         return seconds
+
+    # ------------------------------------------------ IMAP sessions per user+IP
+    def imap_connection_limit(self):
+        """Dovecot's mail_max_userip_connections now (the stack raises it to 100)."""
+        return self.dovecot.max_userip_connections
+
+    @contextlib.contextmanager
+    def imap_connections_limited(self, limit=STOCK_MAX_USERIP_CONNECTIONS):
+        """Within the block, Dovecot allows ``limit`` IMAP sessions per user and
+        client address (default: Dovecot's stock 10); the stack's own value
+        is put back after it, whatever happens."""
+        previous = self.dovecot.max_userip_connections
+        self.dovecot.set_max_userip_connections(limit)
+        try:
+            yield limit
+        finally:
+            self.dovecot.set_max_userip_connections(previous)
+
+    def imap_sessions(self, user):
+        """How many IMAP sessions of ``user`` Dovecot counts now."""
+        return self.dovecot.userip_connections(user)
 
     # ------------------------------------------------------------ quota, queue
     def quota(self, user):
