@@ -35,6 +35,7 @@ class Phase(enum.Enum):
     IMAP_LOGIN = "IMAP LOGIN"
     IMAP_AUTHENTICATE = "IMAP AUTHENTICATE"
     IMAP_SELECT = "IMAP SELECT"
+    IMAP_STATUS = "IMAP STATUS"
     IMAP_SEARCH = "IMAP SEARCH"
     IMAP_FETCH = "IMAP FETCH"
     IMAP_LOGOUT = "IMAP LOGOUT"
@@ -127,5 +128,5 @@ class OverLimit(OSError):
     """The server sent more than a real server ever needs: the client's own
     limit, said as ours, not as if the server had said it."""
 
-    def __init__(self, what: str, limit: int):
-        super().__init__(f"{what} exceeded the client's limit of {limit} bytes")
+    def __init__(self, what: str, limit: int, unit: str = "bytes"):
+        super().__init__(f"{what} exceeded the client's limit of {limit} {unit}")

@@ -150,6 +150,7 @@ class ImapSession(Session):
     line_limit = 1024 * 1024
     reply_limit = 4 * 1024 * 1024
     literal_limit = 4 * 1024 * 1024
+    reply_line_limit = 50_000  # a LIST of that many folders, a FETCH of 25,000 subjects
 
     def __init__(
         self,
@@ -274,13 +275,13 @@ class ImapSession(Session):
 
     def uid_next_of(self, folder: str) -> int:
         """UIDNEXT of a folder by STATUS: does not change the open folder."""
-        with self.phase(Phase.IMAP_SELECT):
+        with self.phase(Phase.IMAP_STATUS):
             status, data = self.client.status(quote_mailbox(folder), "(UIDNEXT)")
             joined = b" ".join(part for part in data if isinstance(part, bytes))
             match = re.search(rb"UIDNEXT (\d+)", joined)
             if status != "OK" or not match:
                 raise ProbeError(
-                    Phase.IMAP_SELECT, f'failed: no UIDNEXT for folder "{folder}"', server_text=_text(data)
+                    Phase.IMAP_STATUS, f'failed: no UIDNEXT for folder "{folder}"', server_text=_text(data)
                 )
             return int(match.group(1))
 

@@ -100,6 +100,9 @@ class Session:
     line_limit: ClassVar[int] = 8192
     reply_limit: ClassVar[int] = 64 * 1024
     literal_limit: ClassVar[int] = 4 * 1024 * 1024
+    # Lines in answer to one command: each costs the stdlib client a parse, so
+    # a flood of tiny lines is stopped by count long before its bytes add up.
+    reply_line_limit: ClassVar[int] = 1000
 
     def __init__(
         self,
@@ -119,6 +122,7 @@ class Session:
         self.last_seconds = 0.0  # how long the last completed phase took
         self._hidden: str | None = None  # what the trace shows instead of sent lines
         self._reply_bytes = 0  # read since the last command was sent
+        self._reply_lines = 0
         self._step_limit: float | None = None  # the current phase's cap on its steps
         self.address_family = address_family  # -4, -6, or any
 
@@ -156,7 +160,7 @@ class Session:
     def _new_step(self) -> None:
         self.step_end = self.deadline.step_ends(self._step_limit)
         self.timeout = max(self.step_end - time.monotonic(), MIN_SOCKET_TIMEOUT)
-        self._reply_bytes = 0
+        self._reply_bytes = self._reply_lines = 0
         _set_timeout(self.current_socket(), self.timeout)
 
     def protocol_error(self, phase: Phase, exc: Exception) -> ProbeError | None:
@@ -284,6 +288,9 @@ class Session:
         if len(line) > self.line_limit:
             raise OverLimit(f"a reply line from {self._where()}", self.line_limit)
         self._count(len(line))
+        self._reply_lines += 1
+        if self._reply_lines > self.reply_line_limit:
+            raise OverLimit(f"the reply from {self._where()}", self.reply_line_limit, "lines")
         self.received(line)
         return line
 

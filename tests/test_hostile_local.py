@@ -224,8 +224,8 @@ def test_sigterm_during_the_wait_is_unknown_and_the_probe_is_remembered(stack, t
     assert time.monotonic() - stopped_at < 1, out
     assert plugin.returncode == 3 and err == "", out + err
     # the wait sleeps between rounds and, each round, searches the folder and
-    # asks Junk's UIDNEXT (STATUS, named IMAP SELECT): the signal names one of them
-    stages = "waiting for delivery|IMAP SEARCH|IMAP SELECT|IMAP FETCH"
+    # asks Junk's UIDNEXT (IMAP STATUS): the signal names one of them
+    stages = "waiting for delivery|IMAP SEARCH|IMAP STATUS|IMAP FETCH"
     assert re.match(rf"EMAIL_ROUNDTRIP UNKNOWN - terminated by SIGTERM during ({stages})", out), out
     pending = json.loads(state.read_text())["pending"]
     assert len(pending) == 1 and re.fullmatch(r"emailrtprobe[0-9a-f]{24}", pending[0]["marker"]), pending
