@@ -25,7 +25,10 @@ say which stage hung.
 from __future__ import annotations
 
 import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 from typing import Any, Callable
 
@@ -57,11 +60,32 @@ class Deadline:
         self._clock = clock
         self.started = clock() if started is None else started
         self.ends = self.started + budget
-        self.stage: Phase = Phase.SMTP_CONNECT
         self.expired = False  # the alarm or a signal struck: only clean-up is left
+        # the stage of each thread (IMAP signs in beside SMTP), and the thread
+        # the main one waits for, if any
+        self._stages: dict[int, Phase] = {}
+        self._main = threading.get_ident()
+        self._awaited: int | None = None
 
     def enter(self, stage: Phase) -> None:
-        self.stage = stage
+        self._stages[threading.get_ident()] = stage
+
+    @property
+    def stage(self) -> Phase:
+        """Where the run is: the main thread's stage, or while it waits for a
+        thread working beside it, that thread's (the alarm strikes the main
+        thread, and must name what it was waiting for)."""
+        if self._awaited is not None and self._awaited in self._stages:
+            return self._stages[self._awaited]
+        return self._stages.get(self._main, Phase.SMTP_CONNECT)
+
+    @contextmanager
+    def awaiting(self, thread: threading.Thread) -> Iterator[None]:
+        self._awaited = thread.ident
+        try:
+            yield
+        finally:
+            self._awaited = None
 
     def remaining(self) -> float:
         return self.ends - self._clock()

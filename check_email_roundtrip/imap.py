@@ -25,7 +25,6 @@ from typing import Any, BinaryIO, Callable, cast
 
 from . import sasl
 from .credentials import Login, Mechanism, Secret
-from .deadline import Deadline
 from .errors import Phase, ProbeError
 from .imapsyntax import (
     FetchResponse,
@@ -39,9 +38,9 @@ from .imapsyntax import (
 )
 from .mask import register_secret
 from .net import connection_error
-from .session import Session, Trace
+from .session import Reach, Session
 from .settings import Endpoint, Security
-from .tls import OldTlsOnly, TlsClient
+from .tls import OldTlsOnly
 
 # Largest part of a message the probe reads whole (a bounce, to read its DSN).
 BOUNCE_READ_LIMIT = 256 * 1024
@@ -152,15 +151,8 @@ class ImapSession(Session):
     literal_limit = 4 * 1024 * 1024
     reply_line_limit = 50_000  # a LIST of that many folders, a FETCH of 25,000 subjects
 
-    def __init__(
-        self,
-        endpoint: Endpoint,
-        deadline: Deadline,
-        tls: TlsClient,
-        trace: Trace | None,
-        address_family: int = socket.AF_UNSPEC,
-    ):
-        super().__init__(endpoint, deadline, tls, trace, address_family)
+    def __init__(self, endpoint: Endpoint, reach: Reach):
+        super().__init__(endpoint, reach)
         self._client: _Client | None = None
         self.selected: str | None = None  # the folder currently open
         self.writable = False  # ... with SELECT rather than EXAMINE

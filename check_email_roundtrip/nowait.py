@@ -38,12 +38,11 @@ from .message import Kind, classify
 from .output import LOGGER
 
 if TYPE_CHECKING:
-    from .deadline import Deadline
     from .imap import ImapSession
     from .oauth import Keyring
     from .probe import _Draft
+    from .session import Reach
     from .settings import Settings
-    from .tls import TlsClient
     from .watch import Watch
 
 log = logging.getLogger(LOGGER)
@@ -63,8 +62,7 @@ class Found(NamedTuple):
 
 def judge_earlier(
     settings: Settings,
-    deadline: Deadline,
-    tls: TlsClient,
+    reach: Reach,
     keyring: Keyring,
     pending: Sequence[PendingProbe],
     draft: _Draft,
@@ -72,12 +70,10 @@ def judge_earlier(
 ) -> list[Watch]:
     """Submit this run's probe and judge the earlier ones; returns the
     watches (``sessions`` gets their sessions, the caller's to close)."""
-    from .probe import _submit, open_watches
+    from .probe import _send, open_both
 
-    watches = open_watches(settings, deadline, tls, keyring, sessions)
-    draft.submission, draft.goodbye = _submit(
-        settings, deadline, tls, keyring, draft.marker, draft.smtp_times
-    )
+    watches, smtp_session = open_both(settings, reach, keyring, sessions, draft.smtp_times)
+    draft.submission, draft.goodbye = _send(settings, smtp_session, draft.marker)
     earlier = sorted(pending, key=lambda probe: probe.sent_at)
     if not earlier:
         log.info("first run: no earlier probe to judge")

@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .credentials import Login, Password, Secret, StaticToken, TokenCommand, TokenEndpoint, TokenSource
 from .deadline import Deadline
@@ -39,7 +40,9 @@ from .errors import LocalError, Phase, ProbeError
 from .files import FileLock, read_private, write_private
 from .mask import register_secret
 from .net import connect_tcp, connection_error
-from .tls import TlsClient
+
+if TYPE_CHECKING:
+    from .session import Reach
 
 # Largest answer read from a token endpoint or a token command.
 MAX_RESPONSE = 64 * 1024
@@ -59,14 +62,14 @@ class Obtained(NamedTuple):
     requested: float | None  # seconds spent asking the endpoint or the command; None: from the cache
 
 
-def obtain(source: TokenSource, deadline: Deadline, tls: TlsClient, family: int = 0) -> Obtained:
-    """The access token of ``source`` for this run (``family``: -4/-6)."""
+def obtain(source: TokenSource, reach: Reach) -> Obtained:
+    """The access token of ``source`` for this run."""
     if isinstance(source, StaticToken):
         return Obtained(source.secret, None)
-    deadline.enter(Phase.OAUTH_TOKEN)
+    reach.deadline.enter(Phase.OAUTH_TOKEN)
     if isinstance(source, TokenCommand):
-        return _from_command(source, deadline)
-    return _from_endpoint(source, deadline, tls, family)
+        return _from_command(source, reach.deadline)
+    return _from_endpoint(source, reach)
 
 
 # -- a command -------------------------------------------------------------------------------
@@ -105,8 +108,8 @@ def _from_command(source: TokenCommand, deadline: Deadline) -> Obtained:
 
 
 # -- a token endpoint -----------------------------------------------------------------------------
-def _from_endpoint(source: TokenEndpoint, deadline: Deadline, tls: TlsClient, family: int) -> Obtained:
-    with _cache_lock(source.cache_file, deadline):
+def _from_endpoint(source: TokenEndpoint, reach: Reach) -> Obtained:
+    with _cache_lock(source.cache_file, reach.deadline):
         cached = _cached(source.cache_file)
         if cached is not None:
             register_secret(cached)
@@ -123,7 +126,7 @@ def _from_endpoint(source: TokenEndpoint, deadline: Deadline, tls: TlsClient, fa
         if source.refresh_token_file:
             refresh_token = _read_refresh_token(source.refresh_token_file)
             form["refresh_token"] = refresh_token
-        answer = _post(source.url, form, deadline, tls, family)
+        answer = _post(source.url, form, reach)
         token = answer.get("access_token")
         if not isinstance(token, str) or not token:
             raise ProbeError(
@@ -231,7 +234,7 @@ def _host(url: str) -> str:
     return urlsplit(url).netloc
 
 
-def _post(url: str, form: dict[str, str], deadline: Deadline, tls: TlsClient, family: int) -> dict[str, Any]:
+def _post(url: str, form: dict[str, str], reach: Reach) -> dict[str, Any]:
     """POST the form; the JSON answer, or ProbeError with the endpoint's words."""
     import http.client
     from urllib.parse import urlencode, urlsplit
@@ -239,7 +242,8 @@ def _post(url: str, form: dict[str, str], deadline: Deadline, tls: TlsClient, fa
     parts = urlsplit(url)
     host, port = parts.hostname or "", parts.port or 443
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    timeout = deadline.socket_timeout()
+    timeout = reach.deadline.socket_timeout()
+    tls, family = reach.tls, reach.family
 
     class Connection(http.client.HTTPConnection):
         """HTTP over the run's own connect (bounded resolve, -4/-6) and the
@@ -303,9 +307,12 @@ class Keyring:
     """The secret each login presents in this run: a password as it is, an
     access token obtained once per token source (SMTP and IMAP share it)."""
 
-    def __init__(self, deadline: Deadline, tls: TlsClient, family: int = 0):
-        self.deadline, self.tls, self.family = deadline, tls, family
-        self._tokens: dict[TokenSource, Secret] = {}
+    def __init__(self, reach: Reach):
+        self.reach = reach
+        self._tokens: dict[TokenSource, Secret | ProbeError | LocalError] = {}
+        # SMTP and IMAP sign in at the same time: one request for both, and
+        # a failed one is not asked again by the other
+        self._lock = threading.Lock()
         self.requested: float | None = None  # seconds spent getting tokens, when any request was made
 
     def secret(self, login: Login) -> Secret:
@@ -313,9 +320,17 @@ class Keyring:
         if isinstance(credential, Password):
             return credential.secret
         source = credential.source
-        if source not in self._tokens:
-            obtained = obtain(source, self.deadline, self.tls, self.family)
-            if obtained.requested is not None:
-                self.requested = (self.requested or 0.0) + obtained.requested
-            self._tokens[source] = obtained.token
-        return self._tokens[source]
+        with self._lock:
+            if source not in self._tokens:
+                try:
+                    obtained = obtain(source, self.reach)
+                except (ProbeError, LocalError) as exc:
+                    self._tokens[source] = exc
+                    raise
+                if obtained.requested is not None:
+                    self.requested = (self.requested or 0.0) + obtained.requested
+                self._tokens[source] = obtained.token
+            known = self._tokens[source]
+        if isinstance(known, (ProbeError, LocalError)):
+            raise known
+        return known

@@ -10,10 +10,11 @@ in which stage.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from .deadline import Deadline
 from .errors import LocalError, ProbeError, Stopped
@@ -35,10 +36,10 @@ from .marker import MARKER_PATTERN, MARKER_PREFIX, new_marker
 from .mask import mask
 from .memory import PendingProbe
 from .oauth import Keyring
-from .output import LOGGER, TRACE
-from .session import PhaseTimes, Trace
-from .settings import Endpoint, Settings
-from .smtp import submit_message
+from .output import LOGGER, TRACE, threads_in_turn
+from .session import PhaseTimes, Reach, Trace
+from .settings import Endpoint, Security, Settings
+from .smtp import SmtpSession, open_submission, submit_message
 from .tls import Handshake, TlsClient
 
 if TYPE_CHECKING:
@@ -60,6 +61,10 @@ def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="microseconds")
 
 
+def _reach(settings: Settings, deadline: Deadline) -> Reach:
+    return Reach(deadline, TlsClient(settings.tls), _tracer(settings), settings.address_family)
+
+
 def _required(value: Any, what: str) -> Any:
     """Settings the CLI guarantees for a mode; a bug of ours if missing."""
     if value is None:
@@ -67,30 +72,30 @@ def _required(value: Any, what: str) -> Any:
     return value
 
 
-def _submit(
-    settings: Settings, deadline: Deadline, tls: TlsClient, keyring: Keyring, marker: str, times: PhaseTimes
-) -> tuple[Submission, Callable[[], None]]:
+def _open_smtp(settings: Settings, reach: Reach, keyring: Keyring, times: PhaseTimes) -> SmtpSession:
+    """The SMTP session, connected, TLS, signed in: ready for MAIL FROM."""
+    smtp: Endpoint = _required(settings.smtp, "an SMTP server")
+    secret = keyring.secret(smtp.login) if smtp.login else None
+    log.info(
+        "SMTP %s as %s, from %s to %s",
+        smtp,
+        smtp.user or "(no AUTH)",
+        _required(settings.envelope_from, "a sender"),
+        _required(settings.recipient, "a recipient"),
+    )
+    return open_submission(smtp, reach, settings.helo_name, times, secret)
+
+
+def _send(settings: Settings, session: SmtpSession, marker: str) -> tuple[Submission, Callable[[], None]]:
     """Submit the probe; the second value waits for the SMTP goodbye (QUIT,
     said in the background) and logs the phases."""
     from .message import build_message
 
-    smtp: Endpoint = _required(settings.smtp, "an SMTP server")
-    secret = keyring.secret(smtp.login) if smtp.login else None
     sender: str = _required(settings.envelope_from, "a sender")
     recipient: str = _required(settings.recipient, "a recipient")
-    log.info("SMTP %s as %s, from %s to %s", smtp, smtp.user or "(no AUTH)", sender, recipient)
+    times = session.times
     submission, quit_said = submit_message(
-        smtp,
-        tls,
-        settings.helo_name,
-        sender,
-        [recipient],
-        lambda: build_message(sender, recipient, marker),
-        deadline,
-        times,
-        trace=_tracer(settings),
-        secret=secret,
-        address_family=settings.address_family,
+        session, sender, [recipient], lambda: build_message(sender, recipient, marker)
     )
     log.info("SMTP accepted: %s", mask(submission.final_reply))
     # wall-clock times, to set against the servers' logs (and bench/'s)
@@ -116,14 +121,70 @@ def _submit(
     return submission, goodbye
 
 
+def open_both(
+    settings: Settings, reach: Reach, keyring: Keyring, sessions: list[ImapSession], smtp_times: PhaseTimes
+) -> tuple[list[Watch], SmtpSession]:
+    """Sign in to IMAP (noting each watched folder's UIDNEXT) and to SMTP at
+    the same time, IMAP in a thread of its own: only MAIL FROM has to wait
+    for the UIDNEXT.  Each session times its own phases.  An IMAP failure is
+    the one reported when both fail (it comes first in protocol order), and
+    the log keeps that order: IMAP's lines, then SMTP's."""
+    if any(e is not None and e.security is not Security.NONE for e in (settings.smtp, settings.imap)):
+        reach.tls.context()  # the CA store loaded once, before the threads (and outside their phases)
+    imap_side = Alongside(
+        lambda: open_watches(settings, reach, keyring, sessions), "imap-sign-in", reach.deadline
+    )
+    with threads_in_turn():
+        imap_side.start()
+        try:
+            smtp_session = _open_smtp(settings, reach, keyring, smtp_times)
+        except (ProbeError, LocalError):
+            imap_side.result()  # its error, if it has one, comes first
+            raise
+        try:
+            watches = imap_side.result()
+        except BaseException:
+            smtp_session.close()
+            raise
+    return watches, smtp_session
+
+
+class Alongside:
+    """A function run in a thread beside the main one; ``result()`` waits for
+    it and returns what it returned or raises what it raised.  A daemon: -t
+    (raised in the main thread) never waits for it."""
+
+    def __init__(self, work: Callable[[], Any], name: str, deadline: Deadline):
+        self._work, self._outcome = work, cast("tuple[bool, Any]", (False, None))
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._deadline = deadline
+
+    def _run(self) -> None:
+        try:
+            self._outcome = (True, self._work())
+        except BaseException as exc:  # noqa: BLE001 - handed to result()
+            self._outcome = (False, exc)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def result(self) -> Any:
+        with self._deadline.awaiting(self._thread):  # -t now names the thread's stage
+            self._thread.join()
+        done, value = self._outcome
+        if not done:
+            raise value
+        return value
+
+
 def run_submit(settings: Settings, deadline: Deadline, pending: Sequence[PendingProbe] = ()) -> SubmitResult:
     marker = new_marker()
     times = PhaseTimes()
-    tls = TlsClient(settings.tls)
-    keyring = Keyring(deadline, tls, settings.address_family)
+    reach = _reach(settings, deadline)
+    tls, keyring = reach.tls, Keyring(reach)
     result = SubmitResult(marker, SmtpTimings())
     try:
-        submission, goodbye = _submit(settings, deadline, tls, keyring, marker, times)
+        submission, goodbye = _send(settings, _open_smtp(settings, reach, keyring, times), marker)
         goodbye()
         result = result._replace(submission=submission)
     except (ProbeError, LocalError) as exc:
@@ -180,10 +241,10 @@ def run_roundtrip(
     draft = _Draft(new_marker())
     draft.no_wait = settings.no_wait
     log.info("marker %s", draft.marker)
-    tls = TlsClient(settings.tls)
-    keyring = Keyring(deadline, tls, settings.address_family)
+    reach = _reach(settings, deadline)
+    tls, keyring = reach.tls, Keyring(reach)
     try:
-        _roundtrip(settings, deadline, tls, keyring, pending, draft)
+        _roundtrip(settings, reach, keyring, pending, draft)
     except (ProbeError, LocalError) as exc:
         draft.error = exc
     except Stopped as exc:
@@ -194,7 +255,7 @@ def run_roundtrip(
 
 
 def open_watches(
-    settings: Settings, deadline: Deadline, tls: TlsClient, keyring: Keyring, sessions: list[ImapSession]
+    settings: Settings, reach: Reach, keyring: Keyring, sessions: list[ImapSession]
 ) -> list[Watch]:
     """Log in (one session per mailbox: ``sessions`` gets them) and note each
     watched folder's UIDNEXT: the target first, then Junk, then a bounce
@@ -210,7 +271,7 @@ def open_watches(
         for session in sessions:
             if session.endpoint == endpoint:
                 return session
-        session = ImapSession(endpoint, deadline, tls, _tracer(settings), settings.address_family)
+        session = ImapSession(endpoint, reach)
         sessions.append(session)
         session.open(keyring.secret(_required(endpoint.login, "an IMAP login")))
         return session
@@ -235,12 +296,7 @@ def open_watches(
 
 
 def _roundtrip(
-    settings: Settings,
-    deadline: Deadline,
-    tls: TlsClient,
-    keyring: Keyring,
-    pending: Sequence[PendingProbe],
-    draft: _Draft,
+    settings: Settings, reach: Reach, keyring: Keyring, pending: Sequence[PendingProbe], draft: _Draft
 ) -> None:
     from .watch import Watcher
 
@@ -249,16 +305,15 @@ def _roundtrip(
         if settings.no_wait:
             from .nowait import judge_earlier
 
-            watches = judge_earlier(settings, deadline, tls, keyring, pending, draft, sessions)
+            watches = judge_earlier(settings, reach, keyring, pending, draft, sessions)
         else:
             # Log in and note UIDNEXT *before* submitting: everything at or
             # above it arrived after the probe started, so searches stop there.
-            watches = open_watches(settings, deadline, tls, keyring, sessions)
+            watches, smtp_session = open_both(settings, reach, keyring, sessions, draft.smtp_times)
             watcher = Watcher(watches)
-            draft.submission, draft.goodbye = _submit(
-                settings, deadline, tls, keyring, draft.marker, draft.smtp_times
-            )
-            sighting = watcher.wait(draft.marker, draft.submission.mail_from_at, settings.wait, deadline)
+            draft.submission, draft.goodbye = _send(settings, smtp_session, draft.marker)
+            mail_from_at = draft.submission.mail_from_at
+            sighting = watcher.wait(draft.marker, mail_from_at, settings.wait, reach.deadline)
             log.info("IMAP searches: %d", watcher.searches)
             if sighting is None:
                 draft.not_delivered_within = settings.wait
@@ -291,7 +346,7 @@ def _roundtrip(
         for session in sessions:
             session.close()
     if draft.arrival is not None:
-        _read_receiver_side(settings, deadline, draft)
+        _read_receiver_side(settings, reach.deadline, draft)
 
 
 def _housekeeping(settings: Settings, watches: Sequence[Watch], draft: _Draft) -> None:
@@ -402,9 +457,9 @@ def run_poll(settings: Settings, deadline: Deadline, pending: Sequence[PendingPr
         criteria.describe(),
         since.strftime("%Y-%m-%d %H:%M:%S UTC"),
     )
-    tls = TlsClient(settings.tls)
-    keyring = Keyring(deadline, tls, settings.address_family)
-    session = ImapSession(imap, deadline, tls, _tracer(settings), settings.address_family)
+    reach = _reach(settings, deadline)
+    tls, keyring = reach.tls, Keyring(reach)
+    session = ImapSession(imap, reach)
     result = PollResult(since)
     try:
         session.open(keyring.secret(_required(imap.login, "an IMAP login")))

@@ -27,7 +27,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, BinaryIO, Callable, ClassVar
+from typing import TYPE_CHECKING, BinaryIO, Callable, ClassVar, NamedTuple
 
 from .deadline import MIN_SOCKET_TIMEOUT, Deadline
 from .errors import OverLimit, Phase, ProbeError, StepExpired
@@ -50,6 +50,17 @@ GREETING_PATIENCE = 3.0
 TLS_LOOK = 3.0
 # Longest line of the protocol trace; the rest is elided.
 TRACE_LINE_LIMIT = 300
+
+
+class Reach(NamedTuple):
+    """How a run reaches its servers, the same for every connection it makes
+    (both mail sessions and the token request): its time budget, the one TLS
+    client, the protocol trace (-vvv), the address family (-4/-6)."""
+
+    deadline: Deadline
+    tls: TlsClient
+    trace: Trace | None = None
+    family: int = socket.AF_UNSPEC
 
 
 class PhaseTimes:
@@ -104,27 +115,19 @@ class Session:
     # a flood of tiny lines is stopped by count long before its bytes add up.
     reply_line_limit: ClassVar[int] = 1000
 
-    def __init__(
-        self,
-        endpoint: Endpoint,
-        deadline: Deadline,
-        tls: TlsClient,
-        trace: Trace | None,
-        address_family: int = socket.AF_UNSPEC,
-    ):
+    def __init__(self, endpoint: Endpoint, reach: Reach):
         self.endpoint = endpoint
-        self.deadline = deadline
-        self.tls = tls
-        self.trace = trace
+        self.deadline, self.tls, self.trace = reach.deadline, reach.tls, reach.trace
+        self.address_family = reach.family  # -4, -6, or either
+        self.opened_at = time.monotonic()  # the session's total runs from here
         self.times = PhaseTimes()
-        self.step_end = deadline.step_ends()  # when the current step must be over
+        self.step_end = self.deadline.step_ends()  # when the current step must be over
         self.timeout = self.step_end - time.monotonic()  # the current step's length, for "no answer within"
         self.last_seconds = 0.0  # how long the last completed phase took
         self._hidden: str | None = None  # what the trace shows instead of sent lines
         self._reply_bytes = 0  # read since the last command was sent
         self._reply_lines = 0
         self._step_limit: float | None = None  # the current phase's cap on its steps
-        self.address_family = address_family  # -4, -6, or any
 
     # -- phases ---------------------------------------------------------------------
     @contextmanager

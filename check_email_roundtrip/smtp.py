@@ -33,14 +33,14 @@ from typing import TYPE_CHECKING, Any, Callable, cast
 
 from . import sasl
 from .credentials import Login, Mechanism, Secret
-from .deadline import GRACE, Deadline
+from .deadline import GRACE
 from .errors import Phase, ProbeError
 from .facts import Submission
 from .mask import register_secret
 from .net import connection_error
-from .session import PhaseTimes, Session, Trace, Wire
+from .session import PhaseTimes, Reach, Session, Wire
 from .settings import Endpoint, Security
-from .tls import OldTlsOnly, TlsClient
+from .tls import OldTlsOnly
 
 if TYPE_CHECKING:
     import smtplib
@@ -169,16 +169,8 @@ class SmtpSession(Session):
         (b"STARTTLS\r\n", b"220 "),
     )
 
-    def __init__(
-        self,
-        endpoint: Endpoint,
-        deadline: Deadline,
-        tls: TlsClient,
-        trace: Trace | None,
-        helo_name: str,
-        address_family: int = socket.AF_UNSPEC,
-    ):
-        super().__init__(endpoint, deadline, tls, trace, address_family)
+    def __init__(self, endpoint: Endpoint, reach: Reach, helo_name: str):
+        super().__init__(endpoint, reach)
         self.helo_name = helo_name
         self._client: smtplib.SMTP | None = None
         self.challenge: bytes | None = None  # a token mechanism's failure challenge
@@ -352,35 +344,40 @@ class SmtpSession(Session):
             raise refused(phase, code, text, 250)
 
 
-def submit_message(
-    endpoint: Endpoint,
-    tls: TlsClient,
-    helo_name: str,
-    envelope_from: str,
-    recipients: Sequence[str],
-    message: Callable[[], bytes],  # built when DATA is sent
-    deadline: Deadline,
-    times: PhaseTimes,
-    trace: Trace | None = None,
-    secret: Secret | None = None,
-    address_family: int = socket.AF_UNSPEC,
-) -> tuple[Submission, Callable[[], None]]:
-    """Run one SMTP submission; raise ProbeError on the first failing phase.
-    ``times`` gets each completed phase's bucket, and ``total`` once QUIT is
-    answered.  QUIT is said in the background: the message is the server's
-    once DATA got its 250, and a round trip must not wait for a slow 221.
-    The second value waits for that goodbye (at most GOODBYE seconds).
-    ``total`` ends with the 221, or, when QUIT is never answered, with the
-    reply to the message: our wait for a goodbye is not the server's time."""
-    session = SmtpSession(endpoint, deadline, tls, trace, helo_name, address_family)
+def open_submission(
+    endpoint: Endpoint, reach: Reach, helo_name: str, times: PhaseTimes, secret: Secret | None = None
+) -> SmtpSession:
+    """Connect, STARTTLS when asked, AUTH when there is a login: the session
+    ready for MAIL FROM.  ProbeError on the first failing phase; ``times``
+    gets each completed phase's bucket."""
+    session = SmtpSession(endpoint, reach, helo_name)
     session.times = times
-    started = time.monotonic()
     try:
         session.connect_and_starttls()
         if endpoint.login is not None:
             if secret is None:
                 raise RuntimeError("a login without its secret")
             session.authenticate(endpoint.login, secret)
+    except BaseException:
+        session.close()
+        raise
+    return session
+
+
+def submit_message(
+    session: SmtpSession,
+    envelope_from: str,
+    recipients: Sequence[str],
+    message: Callable[[], bytes],  # built when DATA is sent
+) -> tuple[Submission, Callable[[], None]]:
+    """Submit one message on an open session; ProbeError on the first
+    failing phase.  QUIT is said in the background: the message is the
+    server's once DATA got its 250, and a round trip must not wait for a slow
+    221.  The second value waits for that goodbye (at most GOODBYE seconds).
+    ``total`` ends with the 221, or, when QUIT is never answered, with the
+    reply to the message: our wait for a goodbye is not the server's time."""
+    times = session.times
+    try:
         submission = session.submit(envelope_from, recipients, message)
         accepted = time.monotonic()
     except BaseException:
@@ -390,7 +387,7 @@ def submit_message(
     def goodbye() -> None:
         try:
             answered = session.quit()
-            times.add("total", (time.monotonic() if answered else accepted) - started)
+            times.add("total", (time.monotonic() if answered else accepted) - session.opened_at)
         finally:
             session.close()
 

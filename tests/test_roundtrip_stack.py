@@ -434,6 +434,47 @@ def test_t_reached_is_unknown_naming_the_stage(stack):
     assert run.seconds < 2 + 1
 
 
+def test_t_reached_while_smtp_waits_for_the_imap_side_names_the_imap_stage(stack):
+    # IMAP signs in beside SMTP; SMTP is ready at once and waits for an IMAP
+    # greeting that drips forever: -t names what it was waiting for
+    server, stop = _silent_listener(drip=b"*")
+    try:
+        run = run_plugin(
+            *starttls_args(
+                stack,
+                "probe",
+                "--imap-host",
+                "127.0.0.1",
+                "--imap-port",
+                str(server.getsockname()[1]),
+                "-t",
+                "2",
+            ),
+            "--imap-security",
+            "none",
+            "--imap-password-file",
+            stack.password_file("probe"),
+        )
+    finally:
+        stop.set()
+    assert_state(run, 3, "UNKNOWN", "EMAIL_ROUNDTRIP UNKNOWN - timeout: -t 2 s reached during IMAP ")
+    assert "smtp_auth=" in run.stdout  # the SMTP side signed in meanwhile
+    assert run.seconds < 2 + 1
+
+
+def test_the_side_by_side_sign_ins_log_in_protocol_order(stack):
+    """IMAP and SMTP sign in at the same time; -v and the -vvv trace still
+    read IMAP first (its sign-in and UIDNEXT), then SMTP."""
+    run = run_plugin(*starttls_args(stack, "probe", "-vvv"))
+    assert_state(run, 0, "OK")
+    protocols = [line.split(" ", 1)[0] for line in run.lines if line.startswith(("IMAP ", "SMTP "))]
+    first_smtp = protocols.index("SMTP")
+    sign_in = protocols[:first_smtp]
+    assert len(sign_in) > 5 and set(sign_in) == {"IMAP"}, run.stdout
+    # the SMTP lines come as one block up to the goodbye, searches after it
+    assert any(line.startswith("IMAP localhost:") and "UIDNEXT" in line for line in run.lines[:200])
+
+
 def test_t_shorter_than_wait_ends_in_time_naming_the_wait(stack, held_queue):
     run = run_plugin(
         *implicit_tls_args(stack, "probe", "--to", "probe+hold@example.test", "--wait", "30", "-t", "3")
