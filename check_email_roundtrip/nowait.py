@@ -72,7 +72,7 @@ def judge_earlier(
 ) -> list[Watch]:
     """Submit this run's probe and judge the earlier ones; returns the
     watches (``sessions`` gets their sessions, the caller's to close)."""
-    from .probe import _submit, open_watches
+    from .probe import _submit, hops_of, open_watches
 
     watches = open_watches(settings, deadline, tls, keyring, sessions)
     draft.submission, draft.goodbye = _submit(
@@ -96,7 +96,12 @@ def judge_earlier(
         if probe is judged:
             if message is not None and delay is not None:
                 draft.arrival = Arrival(
-                    message.watch.folder, message.watch.kind, message.uid, delay, message.header
+                    message.watch.folder,
+                    message.watch.kind,
+                    message.uid,
+                    delay,
+                    message.header,
+                    hops_of(message.header, probe.sent_at, settings),
                 )
                 session = message.watch.session
                 draft.imap = ImapTimings(
@@ -120,7 +125,7 @@ def judge_earlier(
                 draft.judged_age = now - probe.sent_at
                 log.info("%s not delivered after %.0f s", probe.describe(), draft.judged_age)
         elif message is not None and delay is not None:
-            draft.late.append(LateArrival(probe, delay))
+            draft.late.append(LateArrival(probe, delay, hops_of(message.header, probe.sent_at, settings)))
             log.info("%s arrived late, after %.0f s", probe.describe(), delay)
         elif now - probe.sent_at > settings.memory.lost_after:
             draft.lost.append(probe)
