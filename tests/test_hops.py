@@ -4,7 +4,10 @@ import time
 from datetime import datetime, timezone
 
 import pytest
+from nagiosplugin.state import Critical, Warn
+from test_evaluation import delivered, evaluate, password_env, perfdata  # noqa: F401 (a fixture)
 
+from check_email_roundtrip.facts import Hop, SmtpTimings
 from check_email_roundtrip.hops import MAX_NAME, MAX_RECEIVED, parse_received, read_hops
 
 HEADERS = __import__("pathlib").Path(__file__).parent / "headers"
@@ -248,3 +251,62 @@ def test_a_long_host_name_is_cut():
     header = block(("Received", f"from a by {'x' * 5000} with {'y' * 5000}; Wed, 02 Dec 2026 04:00:17 +0000"))
     (hop,) = read_hops(header, epoch("2026-12-02 04:00:15"))
     assert (len(hop.by), len(hop.protocol)) == (MAX_NAME, MAX_NAME)
+
+
+# -- in the evaluation: perfdata, the first line, the -v table -------------------------
+def _hop(by, protocol, seconds, trusted, skewed=False):
+    return Hop(by, protocol, datetime(2026, 12, 2, 4, 0, 17, tzinfo=timezone.utc), seconds, skewed, trusted)
+
+
+GREYLISTED = (
+    _hop("localhost", "ESMTPSA", 0.0, False),
+    _hop("mx.example.test", "ESMTP", 62.0, True),
+    _hop("localhost", "LMTP", 0.0, True, skewed=True),
+)
+
+
+def with_hops(hops, roundtrip=75.21):
+    result = delivered(roundtrip=roundtrip)
+    return result._replace(arrival=result.arrival._replace(hops=hops))
+
+
+def test_warning_names_the_slowest_trusted_hop_and_perfdata_has_both_labels():
+    check = evaluate(with_hops(GREYLISTED), "-w", "60")
+    assert check.state == Warn
+    assert check.summary_str == (
+        "roundtrip 75.210 s (outside range 0:60), slowest hop: 62 s before mx.example.test (ESMTP)"
+    )
+    assert (perfdata(check)["hop_max"], perfdata(check)["hops"]) == ("62.0s;;;0", "3;;;0")
+
+
+def test_ok_and_other_problems_keep_their_first_line():
+    assert evaluate(with_hops(GREYLISTED), "-w", "100").summary_str == (
+        "round trip 75.210 s (INBOX, queued as 4ABC)"
+    )
+    slow_auth = with_hops(GREYLISTED)._replace(smtp=SmtpTimings(auth=1.5, total=1.6))
+    assert evaluate(slow_auth, "-w", "100").summary_str == "smtp_auth 1.500 s (outside range 0:1)"
+    # no hops (or none that took a second): the line as it always was
+    for hops in ((), (_hop("mx.example.test", "ESMTP", 0.0, True),)):
+        assert evaluate(with_hops(hops), "-w", "60").summary_str == "roundtrip 75.210 s (outside range 0:60)"
+
+
+def test_only_claimed_hops_are_named_as_claims_and_give_no_hop_max():
+    claimed = (_hop("submit.example.test", "ESMTPSA", 3.0, False), _hop("", "", 70.0, False))
+    check = evaluate(with_hops(claimed), "-c", "70")
+    assert check.state == Critical
+    assert check.summary_str == (
+        "roundtrip 75.210 s (outside range 0:70), slowest hop: 70 s before (no by), the sender side's claim"
+    )
+    assert "hop_max" not in perfdata(check) and perfdata(check)["hops"] == "2;;;0"
+
+
+def test_the_hop_table_is_shown_from_v_on():
+    assert not any("before" in line for line in evaluate(with_hops(GREYLISTED), "-w", "100").verbose_str)
+    lines = evaluate(with_hops(GREYLISTED), "-w", "100", "-v").verbose_str
+    table = lines[lines.index(next(line for line in lines if line.startswith("hops of the probe"))) :]
+    assert table[1:4] == [
+        "     0 s  before localhost (ESMTPSA)      claimed",
+        "    62 s  before mx.example.test (ESMTP)  trusted",
+        "     0 s  before localhost (LMTP)         trusted"
+        "  clock skew: stamped before the previous hop, counted 0 s",
+    ]
