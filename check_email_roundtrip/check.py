@@ -19,7 +19,7 @@ prints: this module prints nothing.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
@@ -27,7 +27,16 @@ import nagiosplugin
 from nagiosplugin.state import Critical, Ok, ServiceState, Unknown, Warn
 
 from .errors import LocalError
-from .facts import PollResult, ProbeResult, RoundtripResult, SmtpTimings, Submission, SubmitResult, WatchKind
+from .facts import (
+    Hop,
+    PollResult,
+    ProbeResult,
+    RoundtripResult,
+    SmtpTimings,
+    Submission,
+    SubmitResult,
+    WatchKind,
+)
 from .memory import Remembered
 from .render import SERVICE, Report
 from .settings import Level, Settings
@@ -53,6 +62,9 @@ PERFDATA: dict[str, str] = {
     "auth_dmarc": "the receiver's DMARC verdict: 1 pass, 0 not pass",
     "auth_arc": "the receiver's ARC verdict, when it evaluated ARC: 1 pass, 0 not pass",
     "dns_findings": "number of DNS findings (--dns-checks)",
+    # the found message's Received chain (hops.py)
+    "hop_max": "the longest delay before a hop the receiving side wrote, whole seconds, when it wrote one",
+    "hops": "hops read from the found message's Received headers, trusted and claimed",
     # TLS health, every run that does TLS (also with --insecure)
     "smtp_cert_days": "days until the SMTP server's certificate expires (negative: expired); --cert-days",
     "imap_cert_days": "days until the IMAP server's certificate expires (negative: expired); --cert-days",
@@ -140,6 +152,12 @@ def _roundtrip_metrics(result: RoundtripResult) -> Iterator[nagiosplugin.Metric]
         yield Metric("junk", result.arrival, context="junk")
     if result.bounced is not None:
         yield Metric("bounce", result.bounced, context="bounce")
+    if result.arrival is not None:
+        hops = result.arrival.hops
+        yield Metric("hops", len(hops), min=0, context="hops")
+        trusted = [hop.seconds for hop in hops if hop.trusted]
+        if trusted:
+            yield Metric("hop_max", seconds(max(trusted)), uom="s", min=0, context="hop_max")
     verdicts = result.verdicts
     if verdicts is not None:
         if header_problem(verdicts) is not None:
@@ -378,7 +396,8 @@ def threshold_contexts(settings: Settings, headline: str) -> list[nagiosplugin.C
             warning, critical = settings.thresholds.phases.get(label, (None, None))
         contexts.append(nagiosplugin.ScalarContext(label, warning, critical, fmt_metric=_fmt_seconds))
     return contexts + [
-        nagiosplugin.ScalarContext(name) for name in ("dns_findings", "matches", "late", "lost", "pending")
+        nagiosplugin.ScalarContext(name)
+        for name in ("dns_findings", "matches", "late", "lost", "pending", "hops", "hop_max")
     ]
 
 
@@ -432,6 +451,36 @@ def _poll_ok(result: PollResult, settings: Settings) -> str:
     )
 
 
+def _hop_name(hop: Hop) -> str:
+    return (hop.by or "(no by)") + (f" ({hop.protocol})" if hop.protocol else "")
+
+
+def slowest_hop(hops: Sequence[Hop]) -> str | None:
+    """The slowest trusted hop in words (the slowest claimed one when no hop
+    is trusted); None when no hop took a second."""
+    candidates = [hop for hop in hops if hop.trusted] or list(hops)
+    if not candidates:
+        return None
+    hop = max(candidates, key=lambda candidate: candidate.seconds)
+    if hop.seconds < 1:
+        return None
+    claimed = "" if hop.trusted else ", the sender side's claim"
+    return f"{hop.seconds:.0f} s before {_hop_name(hop)}{claimed}"
+
+
+def hop_table(hops: Sequence[Hop], whose: str) -> list[str]:
+    """-v: one line per hop, oldest first."""
+    if not hops:
+        return []
+    width = max(len(_hop_name(hop)) for hop in hops)
+    lines = [f"hops of {whose}, oldest first (seconds since the stamp before, the first since MAIL FROM):"]
+    for hop in hops:
+        skew = "  clock skew: stamped before the previous hop, counted 0 s" if hop.skewed else ""
+        trust = "trusted" if hop.trusted else "claimed"
+        lines.append(f"{hop.seconds:6.0f} s  before {_hop_name(hop):<{width}}  {trust}{skew}")
+    return lines
+
+
 # The OK line of each mode; a problem's line is the problem itself.
 OK_LINES: dict[type, Callable[[Any, Settings], str]] = {
     SubmitResult: _submit_ok,
@@ -451,7 +500,17 @@ class ProbeSummary(nagiosplugin.Summary):
         return OK_LINES[type(self.result)](self.result, self.settings) + self._suffix()
 
     def problem(self, results: nagiosplugin.Results) -> str:
-        return f"{results.first_significant}{self._suffix()}"
+        return f"{results.first_significant}{self._slowest_hop(results)}{self._suffix()}"
+
+    def _slowest_hop(self, results: nagiosplugin.Results) -> str:
+        """Where a round trip outside -w/-c lost its time."""
+        result = self.result
+        if not isinstance(result, RoundtripResult) or result.arrival is None:
+            return ""
+        if "roundtrip" not in results or results["roundtrip"].state == Ok:
+            return ""
+        slowest = slowest_hop(result.arrival.hops)
+        return f", slowest hop: {slowest}" if slowest else ""
 
     def verbose(self, results: nagiosplugin.Results) -> list[str]:
         """Below the status line: every verdict, every DNS finding, late and
@@ -464,9 +523,14 @@ class ProbeSummary(nagiosplugin.Summary):
                 ]
             if result.dns is not None:
                 lines += [str(finding) for finding in result.dns.findings]
-            lines += [
-                f"{late.probe.describe()} arrived late, after {late.delay:.0f} s" for late in result.late
-            ]
+            verbose = self.settings.verbose > 0
+            if verbose and result.arrival is not None:
+                whose = "the judged probe" if result.no_wait else "the probe"
+                lines += hop_table(result.arrival.hops, whose)
+            for late in result.late:
+                lines.append(f"{late.probe.describe()} arrived late, after {late.delay:.0f} s")
+                if verbose:
+                    lines += hop_table(late.hops, f"the {late.probe.describe()}")
             lines += [
                 f"{probe.describe()} lost: not arrived after {self.settings.memory.lost_after:g} s"
                 for probe in result.lost

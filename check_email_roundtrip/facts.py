@@ -109,7 +109,7 @@ class Hop(NamedTuple):
     stamped: datetime  # the header's date (one-second resolution)
     seconds: float  # since the previous stamp, or since MAIL FROM for the first; never negative
     skewed: bool  # the stamp was before the previous one: the clocks disagree, clamped to 0
-    trusted: bool  # written by the receiving side (at or below its Authentication-Results)
+    trusted: bool  # written by the receiving side: above its Authentication-Results header (hops.py)
 
 
 class LateArrival(NamedTuple):

@@ -316,13 +316,14 @@ class ImapSession(Session):
 
     def fetch_subjects(self, uids: list[int]) -> dict[int, str]:
         """The Subject header of each UID (header fields only)."""
-        if not uids:
-            return {}
-        subjects = {}
-        for response in self._fetch(",".join(map(str, uids)), "(UID BODY.PEEK[HEADER.FIELDS (SUBJECT)])"):
-            if response.uid is not None and response.literal is not None:
-                subjects[response.uid] = " ".join(response.literal.decode("utf-8", "replace").split())
-        return subjects
+        literals = self._fetch_literals(uids, "(UID BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        return {
+            uid: " ".join(literal.decode("utf-8", "replace").split()) for uid, literal in literals.items()
+        }
+
+    def fetch_headers(self, uids: list[int]) -> dict[int, bytes]:
+        """The header block of each UID, in one UID FETCH (BODY.PEEK: leaves \\Seen alone)."""
+        return self._fetch_literals(uids, "(UID BODY.PEEK[HEADER])")
 
     def fetch_internaldates(self, uids: list[int]) -> dict[int, datetime.datetime]:
         """INTERNALDATE (when the server stored the message) of each UID."""
@@ -386,6 +387,16 @@ class ImapSession(Session):
     def _fetch(self, uid_set: str, items: str) -> list[FetchResponse]:
         """The responses of a UID FETCH, items in any order."""
         return fetch_responses(self._uid(Phase.IMAP_FETCH, "FETCH", uid_set, items))
+
+    def _fetch_literals(self, uids: list[int], items: str) -> dict[int, bytes]:
+        """UID -> the literal of one UID FETCH of ``uids`` (one item with a literal)."""
+        if not uids:
+            return {}
+        literals = {}
+        for response in self._fetch(",".join(map(str, uids)), items):
+            if response.uid is not None and response.literal is not None:
+                literals[response.uid] = response.literal
+        return literals
 
 
 def _list_entry(line: Any) -> tuple[str, str | None]:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from . import __version__
 
 if TYPE_CHECKING:
+    from collections.abc import Collection
     from email.message import Message
 
 # The header that carries the marker, besides Subject and body.
@@ -82,17 +83,24 @@ def unfold(value: object) -> str:
     return " ".join(str(value).split())
 
 
-def header_values(message: Message, name: str) -> list[str]:
-    """Every value of header ``name``, unfolded, its 8-bit text read as UTF-8
-    (RFC 6532; what is not UTF-8 becomes U+FFFD).  ``get_all`` would hand 8-bit
-    values over as U+FFFD throughout (compat32 does not know the charset)."""
-    values = []
+def header_fields(message: Message, names: Collection[str]) -> list[tuple[str, str]]:
+    """(lowercase name, value) of every header whose name is in ``names``, top
+    to bottom, each value unfolded and its 8-bit text read as UTF-8 (RFC 6532;
+    what is not UTF-8 becomes U+FFFD).  ``get_all`` would hand 8-bit values
+    over as U+FFFD throughout (compat32 does not know the charset)."""
+    wanted = {name.lower() for name in names}
+    fields = []
     for key, value in message.raw_items():
-        if key.lower() == name.lower():
+        if key.lower() in wanted:
             if isinstance(value, str):  # 8-bit bytes arrive as surrogate escapes
                 value = value.encode("ascii", "surrogateescape").decode("utf-8", "replace")
-            values.append(unfold(value))
-    return values
+            fields.append((key.lower(), unfold(value)))
+    return fields
+
+
+def header_values(message: Message, name: str) -> list[str]:
+    """Every value of header ``name``, as :func:`header_fields` reads them."""
+    return [value for _, value in header_fields(message, (name,))]
 
 
 def classify(header: bytes, marker: str) -> Kind:

@@ -70,7 +70,7 @@ def judge_earlier(
 ) -> list[Watch]:
     """Submit this run's probe and judge the earlier ones; returns the
     watches (``sessions`` gets their sessions, the caller's to close)."""
-    from .probe import _send, open_both
+    from .probe import _send, hops_of, open_both
 
     watches, smtp_session = open_both(settings, reach, keyring, sessions, draft.smtp_times)
     draft.submission, draft.goodbye = _send(settings, smtp_session, draft.marker)
@@ -92,7 +92,12 @@ def judge_earlier(
         if probe is judged:
             if message is not None and delay is not None:
                 draft.arrival = Arrival(
-                    message.watch.folder, message.watch.kind, message.uid, delay, message.header
+                    message.watch.folder,
+                    message.watch.kind,
+                    message.uid,
+                    delay,
+                    message.header,
+                    hops_of(message.header, probe.sent_at, settings),
                 )
                 session = message.watch.session
                 draft.imap = ImapTimings(
@@ -116,7 +121,7 @@ def judge_earlier(
                 draft.judged_age = now - probe.sent_at
                 log.info("%s not delivered after %.0f s", probe.describe(), draft.judged_age)
         elif message is not None and delay is not None:
-            draft.late.append(LateArrival(probe, delay))
+            draft.late.append(LateArrival(probe, delay, hops_of(message.header, probe.sent_at, settings)))
             log.info("%s arrived late, after %.0f s", probe.describe(), delay)
         elif now - probe.sent_at > settings.memory.lost_after:
             draft.lost.append(probe)

@@ -21,6 +21,7 @@ from .errors import LocalError, ProbeError, Stopped
 from .facts import (
     Arrival,
     Bounced,
+    Hop,
     Housekeeping,
     ImapTimings,
     LateArrival,
@@ -320,6 +321,10 @@ def _roundtrip(
             else:
                 draft.arrival, draft.bounced = sighting.arrival, sighting.bounced
                 if sighting.arrival is not None:
+                    start = draft.submission.mail_from_wall
+                    draft.arrival = sighting.arrival._replace(
+                        hops=hops_of(sighting.arrival.header, start, settings)
+                    )
                     session = sessions[0]
                     draft.imap = ImapTimings(
                         connect=session.times.get("connect"),
@@ -339,7 +344,7 @@ def _roundtrip(
             target = watches[0]
             if target.session.selected != target.folder:
                 target.session.open_folder(target.folder, target.writable)
-            look_for_pending(target.session, pending, settings.memory.lost_after, draft)
+            look_for_pending(target.session, pending, settings, draft)
         _housekeeping(settings, watches, draft)
     finally:
         draft.goodbye()  # QUIT went on while we looked: its 221 (or 2 s) is waited for here
@@ -391,7 +396,7 @@ def purge_old_probes(session: ImapSession, folder: str, days: float) -> int:
 
 
 def look_for_pending(
-    session: ImapSession, pending: Sequence[PendingProbe], lost_after: float, draft: _Draft
+    session: ImapSession, pending: Sequence[PendingProbe], settings: Settings, draft: _Draft
 ) -> None:
     """Earlier probes that were not delivered in time: arrived since, or lost?"""
     if not pending:
@@ -400,20 +405,32 @@ def look_for_pending(
     uids = session.search(SearchKeys().since(since).any_subject([probe.marker for probe in pending]))
     subjects = session.fetch_subjects(uids)
     arrived = session.fetch_internaldates(uids)
+    found = {
+        probe.marker: next((uid for uid, subject in subjects.items() if probe.marker in subject), None)
+        for probe in pending
+    }
+    headers = session.fetch_headers(sorted({uid for uid in found.values() if uid is not None}))
     now = time.time()
     for probe in pending:
-        hits = [uid for uid, subject in subjects.items() if probe.marker in subject]
-        if hits:
+        uid = found[probe.marker]
+        if uid is not None:
             delay = (
-                max(arrived[hits[0]].timestamp() - probe.sent_at, 0.0)
-                if hits[0] in arrived
-                else now - probe.sent_at
+                max(arrived[uid].timestamp() - probe.sent_at, 0.0) if uid in arrived else now - probe.sent_at
             )
-            draft.late.append(LateArrival(probe, delay))
+            hops = hops_of(headers[uid], probe.sent_at, settings) if uid in headers else ()
+            draft.late.append(LateArrival(probe, delay, hops))
             log.info("%s arrived late, after %.0f s", probe.describe(), delay)
-        elif now - probe.sent_at > lost_after:
+        elif now - probe.sent_at > settings.memory.lost_after:
             draft.lost.append(probe)
             log.info("%s not arrived after %.0f s: lost", probe.describe(), now - probe.sent_at)
+
+
+def hops_of(header: bytes, start: float, settings: Settings) -> tuple[Hop, ...]:
+    """A found probe's Received chain as delays from its MAIL FROM (``start``),
+    trusted as its verdicts are (--authserv-id)."""
+    from .hops import read_hops
+
+    return read_hops(header, start, settings.verdicts.authserv_id)
 
 
 def _read_receiver_side(settings: Settings, deadline: Deadline, draft: _Draft) -> None:

@@ -26,6 +26,7 @@ can only be trusted as the topmost one: it names no receiver to match.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from .message import header_values, parse_header
@@ -248,13 +249,35 @@ def _best(first: Verdict | None, second: Verdict) -> Verdict:
     return first
 
 
-def _trusted(position: int, header_id: str | None, wanted: str | None) -> bool:
-    """The trust rule.  Without --authserv-id: the topmost header, with or
-    without an authserv-id (the receiver adds its own above all it received).
-    With it: every header carrying that id, and never an id-less one."""
+def _trusted(position: int, raw: str, header: _Header | None, wanted: str | None) -> bool:
+    """The trust rule, for the header at ``position`` (0: topmost), ``header``
+    being its parse (None: it does not parse).  Without --authserv-id: the
+    topmost header, with or without an authserv-id, parsed or not (the
+    receiver adds its own above all it received).  With it: every header
+    carrying that id (one that does not parse: starting with it), and never
+    an id-less one."""
     if wanted is None:
         return position == 0
-    return header_id is not None and header_id == wanted
+    if header is None:
+        return raw.lower().startswith(wanted)
+    return header.authserv_id is not None and header.authserv_id == wanted
+
+
+def receiver_header(raw_headers: Sequence[str], authserv_id: str | None = None) -> int | None:
+    """The position (0: topmost) of the topmost Authentication-Results header
+    the receiver wrote, among a message's (``raw_headers``, top first), by
+    the trust rule of :func:`read_verdicts`; None when it wrote none."""
+    wanted = authserv_id.lower() if authserv_id else None
+    for position, raw in enumerate(raw_headers):
+        header = None
+        if wanted is not None:
+            try:
+                header = _parse(raw)
+            except MalformedHeader:
+                pass
+        if _trusted(position, raw, header, wanted):
+            return position
+    return None
 
 
 def _why_ignored(header: _Header, trusted: list[_Header], authserv_id: str | None) -> str:
@@ -297,12 +320,12 @@ def read_verdicts(header_block: bytes, authserv_id: str | None = None) -> AuthVe
         try:
             header = _parse(raw)
         except MalformedHeader as exc:
-            if (wanted is None and position == 0) or (wanted and raw.lower().startswith(wanted)):
+            if _trusted(position, raw, None, wanted):
                 malformed = str(exc)
             else:
                 ignored.append(f"header {position + 1} (malformed)")
             continue
-        if _trusted(position, header.authserv_id, wanted):
+        if _trusted(position, raw, header, wanted):
             trusted.append(header)
             trusted_raw.append(raw)
         else:

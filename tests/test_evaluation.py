@@ -54,7 +54,8 @@ def test_ok_round_trip_has_every_label_and_thresholds():
     assert set(data) == set(SECONDS_LABELS) - {
         "age",
         "oauth_token",
-    }  # poll mode's; only when a token was fetched
+    } | {"hops"}  # poll mode's; only when a token was fetched; a header without Received: no hop_max
+    assert data["hops"] == "0;;;0"
     assert data["roundtrip"] == "0.142s;60;300;0"
     assert data["smtp_connect"] == "0.01s;2;;0"  # 3 decimals
     assert data["imap_retrieval"] == "0.022s;3;;0"

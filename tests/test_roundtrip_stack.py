@@ -25,6 +25,8 @@ STARTTLS_LABELS = {
     "auth_spf",
     "auth_dkim",
     "auth_dmarc",
+    "hop_max",  # the found message's Received chain: the MX's hop is the receiver's
+    "hops",
     "late",
     "lost",
     "smtp_cert_days",
