@@ -289,7 +289,10 @@ def json_text(report: Report, verbose: int, log_lines: Sequence[str] = ()) -> st
     document["mode"] = report.mode
     perfdata = {performance.label: _perfdata(performance) for performance in report.perfdata}
     document["perfdata"] = perfdata
-    document["phases"] = {label: item["value"] for label, item in perfdata.items() if item["uom"] == "s"}
+    # the timings (hop_max is a delay the message carried, under "hops")
+    document["phases"] = {
+        label: item["value"] for label, item in perfdata.items() if item["uom"] == "s" and label != "hop_max"
+    }
     result = report.result
     if result is not None:
         roundtrip = perfdata.get("roundtrip")

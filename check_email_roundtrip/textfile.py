@@ -105,9 +105,8 @@ def samples(report: Report, last_success: float | None) -> Iterator[Sample]:
     for phase in PHASES:
         if phase in seconds:
             yield "email_roundtrip_phase_seconds", {"phase": phase}, seconds[phase]
-    arrival = getattr(report.result, "arrival", None)
-    if arrival is not None and arrival.hops:
-        yield "email_roundtrip_hop_max_seconds", {}, max(hop.seconds for hop in arrival.hops)
+    if "hop_max" in seconds:  # as in the Nagios perfdata: over the hops the receiver wrote
+        yield "email_roundtrip_hop_max_seconds", {}, seconds["hop_max"]
     for finding in report.findings:
         if finding.context == "verdict":
             labels = {"method": finding.value.method, "result": finding.value.result}
