@@ -17,10 +17,16 @@ def main() -> None:
         from .cli import main as cli_main
     except ImportError as exc:
         if exc.name and exc.name.split(".")[0] != PACKAGE:
-            print(
-                f"EMAIL_ROUNDTRIP UNKNOWN - missing Python module {exc.name}: "
+            reason = (
+                f"missing Python module {exc.name}: "
                 f"install the plugin with its dependencies (pip install check_email_roundtrip)"
             )
+            from .render import dump_json, json_document, requested_format
+
+            if requested_format(sys.argv[1:]) == "json":
+                print(dump_json(json_document("UNKNOWN", 3, reason, started_at=time.time())), end="")
+            else:
+                print(f"EMAIL_ROUNDTRIP UNKNOWN - {reason}")
             sys.exit(3)
         raise
     cli_main(started=started)

@@ -29,7 +29,7 @@ from nagiosplugin.state import Critical, Ok, ServiceState, Unknown, Warn
 from .errors import LocalError
 from .facts import PollResult, ProbeResult, RoundtripResult, SmtpTimings, Submission, SubmitResult, WatchKind
 from .memory import Remembered
-from .render import SERVICE, Report
+from .render import SERVICE, Finding, Report
 from .settings import Level, Settings
 
 if TYPE_CHECKING:
@@ -518,11 +518,17 @@ def evaluate(settings: Settings, result: ProbeResult, memory: Remembered | None 
     check = build_check(settings, result, memory)
     check()
     details = check.verbose_str
+    judged = [r for r in check.results.results if r.metric is not None]
+    performance = (r.metric.performance() for r in judged)
     return Report(
         state=check.state,
         summary=check.summary_str,
         details=tuple(details) if isinstance(details, list) else ((details,) if details else ()),
-        perfdata=tuple(check.perfdata),
+        perfdata=tuple(sorted((p for p in performance if p is not None), key=str)),
         result=result,
         memory=memory,
+        findings=tuple(
+            Finding(r.metric.name, r.metric.context, r.state, str(r), r.metric.value) for r in judged
+        ),
+        mode=str(settings.mode),
     )

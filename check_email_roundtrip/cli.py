@@ -39,7 +39,7 @@ from .options import (
 )
 from .output import LOGGER, configure_logging, log_lines
 from .policy import AuthPolicy
-from .render import SERVICE, nagios_text, one_line
+from .render import RENDERERS, SERVICE, dump_json, json_document, one_line, requested_format
 from .settings import (
     BounceWatch,
     CertDays,
@@ -47,6 +47,7 @@ from .settings import (
     Endpoint,
     Memory,
     Mode,
+    Outputs,
     PollCriteria,
     Security,
     Settings,
@@ -322,6 +323,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         elsewhere=_elsewhere(args, imap, secrets),
         poll=_poll(args),
         config_warnings=tuple(secrets.warnings),
+        outputs=Outputs(args.output, args.prometheus_textfile),
     )
 
 
@@ -404,6 +406,10 @@ def effective_settings(settings: Settings) -> list[str]:
     ]
     if settings.poll is not None:
         rows += [("poll criteria", settings.poll.describe()), ("--window", f"{settings.poll.window:g}")]
+    rows += [
+        ("--output", settings.outputs.format),
+        ("--prometheus-textfile", settings.outputs.prometheus_textfile),
+    ]
     return [f"{option} = {'(not set)' if value is None else value}" for option, value in rows]
 
 
@@ -421,18 +427,23 @@ def _emit(text: str, exit_code: int) -> NoReturn:
     sys.exit(exit_code)
 
 
-def _unknown(text: str, details: str = "") -> NoReturn:
-    _emit(
-        f"{SERVICE} UNKNOWN - {one_line(' '.join(text.split()))}\n" + (f"{details}\n" if details else ""),
-        UNKNOWN,
-    )
+def _unknown(text: str, details: str = "", output: str = "text", started: float | None = None) -> NoReturn:
+    """A run that ended before it had a report: bad options, an interruption, a bug."""
+    summary = " ".join(text.split())
+    if output == "json":
+        import time
+
+        started_at = time.time() - (time.monotonic() - started) if started is not None else None
+        document = json_document("UNKNOWN", UNKNOWN, summary, details.splitlines(), started_at or time.time())
+        _emit(dump_json(document), UNKNOWN)
+    _emit(f"{SERVICE} UNKNOWN - {one_line(summary)}\n" + (f"{details}\n" if details else ""), UNKNOWN)
 
 
 def main(argv: list[str] | None = None, started: float | None = None) -> None:
-    verbose = 0
+    verbose, output = 0, None
     try:
         settings = parse_settings(argv)
-        verbose = settings.verbose
+        verbose, output = settings.verbose, str(settings.outputs.format)
         register_secret(*settings.secrets())
         configure_logging(verbose)
         log = logging.getLogger(LOGGER)
@@ -441,19 +452,29 @@ def main(argv: list[str] | None = None, started: float | None = None) -> None:
         from .run import run_check
 
         report = run_check(settings, started)
-        _emit(nagios_text(report, verbose, log_lines()), report.exit_code)
-    except UsageError as exc:
-        _unknown(f"{exc} (see --help)")
-    except KeyboardInterrupt:
-        _unknown("interrupted")
+        _emit(RENDERERS[output](report, verbose, log_lines()), report.exit_code)
     except SystemExit:
         raise
-    except Stopped as exc:  # -t or SIGTERM striking outside the probe
-        _unknown(str(exc))
-    except BaseException as exc:  # a bug of ours
-        details = ""
-        if verbose >= 3:  # diagnostics, asked for
-            import traceback
+    except BaseException as exc:
+        if output is None:  # the options did not parse: what did they ask for?
+            output = requested_format(sys.argv[1:] if argv is None else argv, _long_options())
+        _fail(exc, verbose, output, started)
 
-            details = mask(traceback.format_exc().rstrip())
-        _unknown(mask(f"{exc.__class__.__name__}: {exc}"), details)
+
+def _long_options() -> list[str]:
+    return [flag for action in build_parser()._actions for flag in action.option_strings if flag[:2] == "--"]
+
+
+def _fail(exc: BaseException, verbose: int, output: str, started: float | None) -> NoReturn:
+    if isinstance(exc, UsageError):
+        _unknown(f"{exc} (see --help)", output=output, started=started)
+    if isinstance(exc, KeyboardInterrupt):
+        _unknown("interrupted", output=output, started=started)
+    if isinstance(exc, Stopped):  # -t or SIGTERM striking outside the probe
+        _unknown(str(exc), output=output, started=started)
+    details = ""  # a bug of ours
+    if verbose >= 3:  # diagnostics, asked for
+        import traceback
+
+        details = mask(traceback.format_exc().rstrip())
+    _unknown(mask(f"{exc.__class__.__name__}: {exc}"), details, output, started)

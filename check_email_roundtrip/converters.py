@@ -154,3 +154,15 @@ def cert_days(text: str) -> tuple[float, float] | None:
             f"{text!r}: the CRITICAL days ({critical:g}) are more than the WARNING days ({warning:g})"
         )
     return warning, critical
+
+
+def textfile_path(value: str) -> str:
+    """--prometheus-textfile: a ``.prom`` file, the only name node_exporter's
+    textfile collector reads (anything else would be written and never seen)."""
+    path = text(value)
+    name = path.rsplit("/", 1)[-1]
+    if not name.endswith(".prom") or name == ".prom":
+        raise argparse.ArgumentTypeError(
+            f"{value!r} does not end in .prom: node_exporter's textfile collector reads only *.prom files"
+        )
+    return path

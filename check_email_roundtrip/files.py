@@ -1,13 +1,15 @@
 """The files the plugin keeps: private, written atomically, never through a link.
 
 Every file the plugin creates (state, token cache, locks) is mode 0600 in a
-directory it creates 0700.  A file is written by writing a new file in the
-same directory and renaming it into place: a reader sees the old content or
-the new, never half; a crash leaves the old one; and a symbolic link at the
-path is replaced, never followed, so a link planted (or mistyped) towards
-another file cannot make us overwrite that file.  Reads open with O_NOFOLLOW
-and O_NONBLOCK and accept regular files only, up to a size limit: a FIFO or
-/dev/zero cannot stall or swamp a run.  Locks wait inside the run's budget.
+directory it creates 0700; the one exception is the Prometheus textfile
+(0644, in a directory it never creates: see ``textfile.py``).  A file is
+written by writing a new file in the same directory and renaming it into
+place: a reader sees the old content or the new, never half; a crash leaves
+the old one; and a symbolic link at the path is replaced, never followed, so
+a link planted (or mistyped) towards another file cannot make us overwrite
+that file.  Reads open with O_NOFOLLOW and O_NONBLOCK and accept regular
+files only, up to a size limit: a FIFO or /dev/zero cannot stall or swamp a
+run.  Locks wait inside the run's budget.
 """
 
 from __future__ import annotations
@@ -65,12 +67,20 @@ def make_private_dir(directory: str) -> None:
     os.makedirs(directory or ".", mode=0o700, exist_ok=True)
 
 
-def write_private(path: str, data: bytes, mode: int = 0o600, owner: tuple[int, int] | None = None) -> None:
-    """Replace ``path`` atomically with ``data`` (a new file renamed into place)."""
+def write_private(
+    path: str,
+    data: bytes,
+    mode: int = 0o600,
+    owner: tuple[int, int] | None = None,
+    make_directory: bool = True,
+) -> None:
+    """Replace ``path`` atomically with ``data`` (a new file renamed into
+    place); ``make_directory``: create a missing directory (0700) first."""
     import tempfile  # only when writing: a run that fails early never needs it
 
     directory = os.path.dirname(path) or "."
-    make_private_dir(directory)
+    if make_directory:
+        make_private_dir(directory)
     fd, temporary = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=directory)
     try:
         os.fchmod(fd, mode)

@@ -30,12 +30,13 @@ from .converters import (
     port,
     seconds,
     text,
+    textfile_path,
     whole_number,
 )
 from .credentials import Mechanism
 from .deadline import DEFAULT_STEP_TIMEOUT
 from .providers import Provider
-from .settings import Level, Mode, Security
+from .settings import Level, Mode, OutputFormat, Security
 
 SMTP_PASSWORD_ENV = "CHECK_EMAIL_ROUNDTRIP_SMTP_PASSWORD"
 IMAP_PASSWORD_ENV = "CHECK_EMAIL_ROUNDTRIP_IMAP_PASSWORD"
@@ -530,6 +531,21 @@ def _groups() -> tuple[Group, ...]:
                     "-v details and timings, -vv configuration, -vvv protocol trace (passwords hidden)",
                     kind=Kind.COUNT,
                     default=0,
+                ),
+                Option(
+                    ("--output",),
+                    "text (default): the Nagios plugin output; json: one JSON object on one line (schema "
+                    "version 1, see the README), same exit code",
+                    convert=choice(OutputFormat),
+                    metavar="{text,json}",
+                    default=OutputFormat.TEXT,
+                ),
+                Option(
+                    ("--prometheus-textfile",),
+                    "also write the run's metrics to PATH (ending in .prom) for node_exporter's textfile "
+                    "collector, atomically; one file per check",
+                    convert=textfile_path,
+                    metavar="PATH",
                 ),
             ),
         ),

@@ -3,11 +3,13 @@
 The probe runs inside the run's :class:`~.deadline.Deadline` (the ``-t``
 budget and its alarm); the state file is read before and merged after, never
 held across the wait; the evaluation turns facts into a
-:class:`~.render.Report` for a renderer to print.
+:class:`~.render.Report` for a renderer to print, and, with
+``--prometheus-textfile``, into a textfile for node_exporter.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Callable
 
@@ -25,6 +27,7 @@ PROBES: dict[Mode, Probe] = {Mode.ROUNDTRIP: run_roundtrip, Mode.SUBMIT: run_sub
 
 def run_check(settings: Settings, started: float | None = None) -> Report:
     """``started``: when the process started (time.monotonic()); -t counts from there."""
+    started_at = time.time() - (time.monotonic() - started if started is not None else 0.0)
     state = StateFile(settings.memory.state_file) if settings.memory.state_file else None
     with Deadline(settings.timeout, started, settings.step_timeout) as deadline:
         pending = state.read(deadline).pending if state else []
@@ -32,7 +35,12 @@ def run_check(settings: Settings, started: float | None = None) -> Report:
         # after -t or SIGTERM the merge still gets its grace: the probe sent
         # is remembered, so that a later run reports it late or lost
         memory = remember(state, result, settings, deadline) if state else None
-    return evaluate(settings, result, memory)
+    report = evaluate(settings, result, memory)._replace(started_at=started_at)
+    if settings.outputs.prometheus_textfile:
+        from .textfile import export
+
+        report = export(report, settings, settings.outputs.prometheus_textfile)
+    return report
 
 
 def remember(state: StateFile, result: ProbeResult, settings: Settings, deadline: Deadline) -> Remembered:

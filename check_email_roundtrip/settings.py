@@ -52,6 +52,16 @@ class Mode(enum.Enum):
         return self.value
 
 
+class OutputFormat(enum.Enum):
+    """What goes to stdout: the Nagios plugin text, or one JSON object (render.py)."""
+
+    TEXT = "text"
+    JSON = "json"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 class Level(enum.Enum):
     """A state the user may choose for a finding (--junk-state, ...)."""
 
@@ -149,6 +159,13 @@ class Verdicts(NamedTuple):
     dns_finding_state: Level = Level.WARNING
 
 
+class Outputs(NamedTuple):
+    """Where the run's result goes besides the exit code."""
+
+    format: OutputFormat = OutputFormat.TEXT  # --output
+    prometheus_textfile: str | None = None  # also written there (textfile.py)
+
+
 class Settings(NamedTuple):
     mode: Mode
     smtp: Endpoint | None  # None in poll mode
@@ -170,6 +187,7 @@ class Settings(NamedTuple):
     elsewhere: Elsewhere = Elsewhere()
     poll: PollCriteria | None = None  # poll mode only
     config_warnings: tuple[str, ...] = ()  # e.g. a password file every user can read
+    outputs: Outputs = Outputs()
 
     def logins(self) -> tuple[Login, ...]:
         endpoints = (self.smtp, self.imap, self.elsewhere.bounce.endpoint if self.elsewhere.bounce else None)
