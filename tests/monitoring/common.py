@@ -1,6 +1,7 @@
 """What the Icinga 2 and Nagios 4 harnesses share: paths, packages, the
 installed plugin, commands, private work directories."""
 
+import importlib.util
 import os
 import pathlib
 import shutil
@@ -18,6 +19,7 @@ TESTS = os.path.dirname(HERE)
 REPO = os.path.dirname(TESTS)
 TEMPLATES = pathlib.Path(HERE) / "templates"
 ICINGA_TEMPLATES_DIR = os.path.join(REPO, "icinga2-templates")
+ZABBIX_TEMPLATES_DIR = os.path.join(REPO, "zabbix-templates")
 COMMAND_CONF = os.path.join(ICINGA_TEMPLATES_DIR, "email_roundtrip.conf")
 SERVICES_CONF = os.path.join(ICINGA_TEMPLATES_DIR, "services.conf")
 README = os.path.join(REPO, "README.md")
@@ -39,6 +41,14 @@ def run_command(cmd, env=None, timeout=120):
     """(returncode, stdout+stderr); never writes to our own stdout/stderr."""
     res = run(cmd, check=False, env=env, timeout=timeout)
     return res.returncode, res.stdout
+
+
+def load_script(path, name):
+    """A script of the repository (a template generator) as a module."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_text(path, text, mode=0o644):

@@ -49,8 +49,10 @@ from mailstack.procs import kill_tree, proc_alive, read_pidfile, tail
 from .common import (
     PLUGIN,
     STOP_TIMEOUT,
+    ZABBIX_TEMPLATES_DIR,
     MonitoringError,
     ensure_packages,
+    load_script,
     plugin_path,
     reap_stale,
     render,
@@ -92,6 +94,11 @@ foreach (array_slice($argv, 2) as $f) {
     }
 }
 """
+
+
+def template_generator():
+    """zabbix-templates/generate.py as a module: the template and its parts."""
+    return load_script(os.path.join(ZABBIX_TEMPLATES_DIR, "generate.py"), "zabbix_generate")
 
 
 def reap_stale_instances():
