@@ -42,12 +42,12 @@ sys.path.insert(0, os.path.dirname(HERE))
 from check_email_roundtrip.check import PERFDATA, SECONDS_LABELS  # noqa: E402
 from check_email_roundtrip.options import all_options  # noqa: E402
 from check_email_roundtrip.policy import METHODS, NOT_EVALUATED  # noqa: E402
+from check_email_roundtrip.render import JSON_VERSION  # noqa: E402
 
 TEMPLATE = "check_email_roundtrip"  # the technical name, what triggers reference
 TEMPLATE_NAME = "Email round trip (check_email_roundtrip)"
 GROUP = "Templates/Applications"
 PLUGIN = "check_email_roundtrip"
-JSON_VERSION = 1
 # Zabbix 6.0 kills an external check after the server's Timeout (at most 30 s,
 # 3 s by default in zabbix_server.conf: raise it).  The plugin's own -t stays
 # below it, so that a hang is reported by the plugin with its stage.
