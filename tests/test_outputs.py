@@ -126,7 +126,9 @@ def test_a_bug_at_vvv_puts_its_masked_traceback_into_details(tmp_path):
 # -- the schema and its validator ------------------------------------------------------------------
 def test_the_schema_names_every_phase_and_the_document_every_key():
     schema = load_schema()
-    assert schema["$defs"]["error"]["properties"]["phase"]["enum"] == [phase.value for phase in Phase]
+    # every phase the plugin can name validates (a phase of a branch not merged yet may be listed)
+    named = schema["$defs"]["error"]["properties"]["phase"]["enum"]
+    assert {phase.value for phase in Phase} <= set(named) and len(named) == len(set(named))
     blank = json_document("UNKNOWN", 3, "x", started_at=0.0)
     assert list(blank) == schema["required"] and set(blank) == set(schema["properties"])
     assert errors(blank, schema) == []
