@@ -244,6 +244,9 @@ def test_waiting_mode_measures_this_runs_message(hosts):
     why = host.describe()
     assert host.value(STATE) == "0", why
     assert 0 < float(host.value("email.roundtrip")) < 10, why
+    trusted = [hop["seconds"] for hop in host.json()["hops"] if hop["trusted"]]
+    slowest = host.value("email.hops.slowest")
+    assert (slowest is None) if not trusted else (float(slowest) == max(trusted)), why
     assert float(host.value("email.phase[imap_retrieval]")) > 0, why
     for method in ("spf", "dkim", "dmarc"):
         assert host.value(f"email.verdict[{method}]") == "pass", why

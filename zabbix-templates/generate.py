@@ -355,9 +355,11 @@ def items() -> list[Item]:
             "email.hops.slowest",
             "Email round trip: slowest hop",
             "FLOAT",
-            "$.hops[*].seconds.max()",
-            "The longest time the judged probe spent before one hop of its Received chain (a queue, "
-            "greylisting, a content filter). Nothing is stored when no probe was judged.",
+            # Zabbix 6.0 compares a JSON true with "true" (tested), not with true
+            '$.hops[?(@.trusted == "true")].seconds.max()',
+            "The longest time the judged probe spent before one hop of its Received chain that the "
+            "receiving side wrote (a queue, greylisting, a content filter), like the plugin's hop_max. "
+            "Nothing is stored when no probe was judged or no hop was read.",
             units="s",
         ),
         Item(
