@@ -61,7 +61,16 @@ from .common import (
     write_text,
 )
 
-ZABBIX_PACKAGES = ("zabbix-server-pgsql", "zabbix-frontend-php", "php8.2-pgsql", "php8.2-cli", "php8.2-cgi")
+# php8.2-cgi named keeps apt from pulling in apache2-bin for the frontend;
+# postgresql-15 is there on most images already (its initdb, pg_ctl, psql)
+ZABBIX_PACKAGES = (
+    "zabbix-server-pgsql",
+    "zabbix-frontend-php",
+    "php8.2-pgsql",
+    "php8.2-cli",
+    "php8.2-cgi",
+    "postgresql-15",
+)
 ZABBIX_SERVER = "/usr/sbin/zabbix_server"
 PG_BIN = "/usr/lib/postgresql/15/bin"
 SQL_DIR = "/usr/share/zabbix-server-pgsql"
