@@ -2,11 +2,12 @@
 frontend, all on 127.0.0.1, in one directory under WORK_ROOT.
 
     with ZabbixInstance() as zabbix:
-        zabbix.import_template(yaml_text)
-        hostid = zabbix.create_host("mail", "Email round trip", {"{$EMAIL.HOST}": "localhost"})
-        master = zabbix.item(hostid, key_prefix="check_email_roundtrip[")
-        zabbix.check_now(master["itemid"])
-        zabbix.wait_for_value(master["itemid"])
+        zabbix.import_template(yaml_text)                 # configuration.import
+        hostid = zabbix.create_host("mail", "check_email_roundtrip", {"{$EMAIL.HOST}": "localhost"})
+        zabbix.reload_config_cache()                      # else the server sees the host within 60 s
+        master = zabbix.item(hostid, master_key)
+        item, seconds = zabbix.run_now(master["itemid"])  # check now, wait for the value
+        zabbix.items(hostid), zabbix.triggers(hostid), zabbix.history(itemid, FLOAT)
 
 What runs (Debian 12's packages, see ZABBIX_PACKAGES; /etc/zabbix, the
 system PostgreSQL and any running Zabbix are neither read nor changed):
@@ -15,8 +16,8 @@ system PostgreSQL and any running Zabbix are neither read nor changed):
   PORT_BASE + 432, the Zabbix schema loaded from /usr/share/zabbix-server-pgsql
   as one query string per file (psql's statement-by-statement load of the
   173,000 INSERTs takes four times as long), then ANALYZE;
-- zabbix_server -f on PORT_BASE + 51 (wrapped into 1024..32767), with a small configuration
-  (templates/zabbix/zabbix_server.conf), ExternalScripts the instance's
+- zabbix_server -f on PORT_BASE + 51 (wrapped into 1024..32767), with a
+  small configuration (templates/zabbix/zabbix_server.conf), ExternalScripts the instance's
   own directory holding a symlink to the installed plugin, Timeout 30 (the
   most Zabbix 6.0 allows an external check);
 - the frontend's API with `php -S` on PORT_BASE + 80 (no web server) from a
