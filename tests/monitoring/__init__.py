@@ -1,4 +1,4 @@
-"""Real monitoring systems for the tests: Icinga 2 and Nagios 4, privately.
+"""Real monitoring systems for the tests: Icinga 2, Nagios 4 and Zabbix 6.0, privately.
 
 Run as root on Debian 12 (no systemd needed).
 
@@ -11,11 +11,16 @@ Run as root on Debian 12 (no systemd needed).
     nagios4_verify(command_definition)   -> (returncode, output) of `nagios4 -v`
     readme_nagios_blocks(readme)         the `define command`/`define service` blocks
                                          of the README's "Install" section
+    ZabbixInstance()                     a private Zabbix 6.0 (PostgreSQL, zabbix_server,
+                                         the API through `php -S`) on 127.0.0.1 that
+                                         runs the plugin as an external check; it
+                                         installs its own packages (ZABBIX_PACKAGES)
 
-Nothing here reads or writes /etc/icinga2 or /etc/nagios4: icinga2.py and
-nagios4.py say how; common.py holds what both use, templates/ the
-configuration they write.  Processes are handled with the mail stack's
-helpers (mailstack.procs), packages with its installer (mailstack.packages).
+Nothing here reads or writes /etc/icinga2, /etc/nagios4 or /etc/zabbix:
+icinga2.py, nagios4.py and zabbix.py say how; common.py holds what they
+share, templates/ the configuration they write.  Processes are handled with
+the mail stack's helpers (mailstack.procs), packages with its installer
+(mailstack.packages).
 """
 
 from .common import (
@@ -32,9 +37,11 @@ from .common import (
 )
 from .icinga2 import Icinga2Instance, critical_lines, icinga2_validate, icinga_string, reap_stale_instances
 from .nagios4 import nagios4_verify, readme_nagios_blocks
+from .zabbix import ZABBIX_PACKAGES, ZabbixInstance
 
 __all__ = [
     "COMMAND_CONF", "PACKAGES", "PLUGIN", "README", "SERVICES_CONF", "WORK_ROOT", "Icinga2Instance",
     "MonitoringError", "critical_lines", "ensure_packages", "icinga2_validate", "icinga_string",
     "nagios4_verify", "plugin_dir", "plugin_path", "reap_stale_instances", "readme_nagios_blocks",
+    "ZABBIX_PACKAGES", "ZabbixInstance",
 ]

@@ -1,6 +1,7 @@
 """What the Icinga 2 and Nagios 4 harnesses share: paths, packages, the
 installed plugin, commands, private work directories."""
 
+import importlib.util
 import os
 import pathlib
 import shutil
@@ -10,6 +11,7 @@ import tempfile
 import time
 
 from mailstack.packages import install_packages, missing_packages
+from mailstack.procs import kill_tree, proc_alive, proc_cmdline, read_pidfile
 from mailstack.system import StackError, render_file, run
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -17,6 +19,7 @@ TESTS = os.path.dirname(HERE)
 REPO = os.path.dirname(TESTS)
 TEMPLATES = pathlib.Path(HERE) / "templates"
 ICINGA_TEMPLATES_DIR = os.path.join(REPO, "icinga2-templates")
+ZABBIX_TEMPLATES_DIR = os.path.join(REPO, "zabbix-templates")
 COMMAND_CONF = os.path.join(ICINGA_TEMPLATES_DIR, "email_roundtrip.conf")
 SERVICES_CONF = os.path.join(ICINGA_TEMPLATES_DIR, "services.conf")
 README = os.path.join(REPO, "README.md")
@@ -38,6 +41,14 @@ def run_command(cmd, env=None, timeout=120):
     """(returncode, stdout+stderr); never writes to our own stdout/stderr."""
     res = run(cmd, check=False, env=env, timeout=timeout)
     return res.returncode, res.stdout
+
+
+def load_script(path, name):
+    """A script of the repository (a template generator) as a module."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_text(path, text, mode=0o644):
@@ -115,3 +126,36 @@ def plugin_path():
 
 def plugin_dir():
     return os.path.dirname(plugin_path())
+
+
+def reap_stale(prefix, pidfiles):
+    """Stop and remove the instance directories under WORK_ROOT named
+    prefix* that test sessions left when they died without their teardown
+    (e.g. pytest killed with SIGKILL); returns the pids stopped.
+
+    Each instance directory records the pid of the process that made it
+    (file "owner"); only instances whose owner is gone are touched, so a
+    concurrent test session's daemons are left alone.  The daemons are found
+    by their pid files (pidfiles: paths inside the instance directory), and
+    only killed if their command line names that directory.
+    """
+    if not os.path.isdir(WORK_ROOT):
+        return []
+    reaped = []
+    for name in os.listdir(WORK_ROOT):
+        base = os.path.join(WORK_ROOT, name)
+        if not name.startswith(prefix) or not os.path.isdir(base):
+            continue
+        owner = read_pidfile(os.path.join(base, "owner"))
+        if owner and proc_alive(owner):
+            continue
+        alive = []
+        for pidfile in pidfiles:
+            pid = read_pidfile(os.path.join(base, pidfile))
+            if pid and proc_alive(pid) and any(base + "/" in arg for arg in proc_cmdline(pid)):
+                alive.append(pid)
+        if alive and kill_tree(alive, STOP_TIMEOUT):
+            continue  # still alive: leave its directory
+        reaped.extend(alive)
+        shutil.rmtree(base, ignore_errors=True)
+    return reaped

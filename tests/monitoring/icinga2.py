@@ -25,17 +25,17 @@ import urllib.parse
 import urllib.request
 
 from mailstack import IMAPS_PORT, SUBMISSIONS_PORT
-from mailstack.procs import kill_tree, proc_alive, proc_cmdline, read_pidfile, tail
+from mailstack.procs import kill_tree, proc_alive, read_pidfile, tail
 
 from .common import (
     COMMAND_CONF,
     START_TIMEOUT,
     STOP_TIMEOUT,
-    WORK_ROOT,
     MonitoringError,
     ensure_packages,
     free_port,
     plugin_dir,
+    reap_stale,
     render,
     run_command,
     workdir,
@@ -125,30 +125,9 @@ def critical_lines(output):
 
 def reap_stale_instances():
     """Stop and remove Icinga2Instance leftovers of test sessions that died
-    without their teardown (e.g. pytest killed with SIGKILL).
-
-    Each instance directory records the pid of the process that started it
-    (file "owner"); only instances whose owner is gone are touched, so a
-    concurrent test session's daemon is left alone.  The daemon is found by
-    its pid file, and only killed if its command line names that directory.
-    """
-    if not os.path.isdir(WORK_ROOT):
-        return []
-    reaped = []
-    for name in os.listdir(WORK_ROOT):
-        base = os.path.join(WORK_ROOT, name)
-        if not name.startswith("icinga2-") or not os.path.isdir(base):
-            continue
-        owner = read_pidfile(os.path.join(base, "owner"))
-        if owner and proc_alive(owner):
-            continue
-        pid = read_pidfile(os.path.join(base, "run", "icinga2.pid"))
-        if pid and proc_alive(pid) and any(base + "/" in arg for arg in proc_cmdline(pid)):
-            if kill_tree([pid], STOP_TIMEOUT):
-                continue        # still alive: leave its directory
-            reaped.append(pid)
-        shutil.rmtree(base, ignore_errors=True)
-    return reaped
+    without their teardown (see common.reap_stale): the daemon is found by
+    its pid file."""
+    return reap_stale("icinga2-", ["run/icinga2.pid"])
 
 
 class Icinga2Instance:
