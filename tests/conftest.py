@@ -5,6 +5,12 @@ subprocess, as Nagios would, against the loopback stack of the ``mailstack``
 package (tests/mailstack/, placed by $MAILSTACK_DIR and $MAILSTACK_PORT_BASE).
 The stack is brought up once per session (installing Debian packages when
 missing); if this session started it, it is stopped again at the end.
+
+Tests marked ``installed_deb`` need the Debian package built from debian/
+installed (and root): they run only with ``--installed-deb``, as CI's run on
+Debian's own libraries does (.ci/run); otherwise they are deselected.  The
+header of every run names the libraries it tests with, in the test process
+and in the interpreter of the plugin found on PATH.
 """
 
 import atexit
@@ -30,6 +36,84 @@ PLUGIN = "check_email_roundtrip"
 PASSWORD_ENV = ("CHECK_EMAIL_ROUNDTRIP_SMTP_PASSWORD", "CHECK_EMAIL_ROUNDTRIP_IMAP_PASSWORD")
 STATUS_LINE = re.compile(r"^EMAIL_ROUNDTRIP (OK|WARNING|CRITICAL|UNKNOWN) - \S")
 PERF_ITEM = re.compile(r"^([a-z0-9_]+)=(-?\d+(?:\.\d+)?)(s|c)?((?:;[^;\s]*){0,4})$")
+
+
+# the runtime dependencies: distribution name, module to import
+DEPENDENCIES = (("nagiosplugin", "nagiosplugin"), ("dnspython", "dns"), ("authres", "authres"))
+_VERSIONS_SCRIPT = (
+    "import importlib, json, sys\n"
+    "from importlib import metadata\n"
+    "found = {}\n"
+    f"for dist, module in {DEPENDENCIES!r} + (('check_email_roundtrip', 'check_email_roundtrip'),):\n"
+    "    try:\n"
+    "        found[dist] = [metadata.version(dist), importlib.import_module(module).__file__]\n"
+    "    except Exception as exc:\n"
+    "        found[dist] = [None, repr(exc)]\n"
+    "print(json.dumps({'python': sys.executable, 'version': sys.version.split()[0], 'found': found}))\n"
+)
+
+
+def library_versions(interpreter: Optional[str] = None, **run_args) -> dict:
+    """{'python', 'version', 'found': {dist: [version, module file]}} of this
+    process, or of another interpreter run with run_args (cwd, user, env)."""
+    import json
+
+    if interpreter is None:
+        namespace: dict = {}
+        from contextlib import redirect_stdout
+        from io import StringIO
+
+        with redirect_stdout(StringIO()) as out:
+            exec(_VERSIONS_SCRIPT, namespace)
+        return json.loads(out.getvalue())
+    done = subprocess.run([interpreter, "-c", _VERSIONS_SCRIPT], capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL, **run_args)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def shebang_interpreter(path: str) -> Optional[str]:
+    """The interpreter of a '#!/path/python3' script, None for anything else."""
+    with open(path, "rb") as fh:
+        first = fh.readline().decode("utf-8", "replace").strip()
+    words = first[2:].split() if first.startswith("#!") else []
+    return words[0] if words and "python" in os.path.basename(words[0]) else None
+
+
+def _describe_versions(where: str, found: dict) -> str:
+    parts = []
+    for dist, (version, location) in found["found"].items():
+        parts.append(f"{dist} {version} ({os.path.dirname(location) if version else location})")
+    return f"{where}: Python {found['version']} {found['python']}; " + ", ".join(parts)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--installed-deb", action="store_true",
+                     help="also run the tests marked installed_deb: the Debian package built from "
+                          "debian/ is installed (CI's run on Debian's libraries)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--installed-deb"):
+        return
+    deselected = [item for item in items if item.get_closest_marker("installed_deb")]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not item.get_closest_marker("installed_deb")]
+
+
+def pytest_report_header(config):
+    lines = [_describe_versions("tests", library_versions())]
+    plugin = shutil.which(PLUGIN)
+    if not plugin:
+        return lines + [f"plugin: no {PLUGIN} on PATH"]
+    interpreter = shebang_interpreter(plugin)
+    if interpreter is None:
+        return lines + [f"plugin: {plugin} (not a Python script: a shim?)"]
+    # as the plugin imports them: from / (not the repository), no PYTHONPATH
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    lines.append(_describe_versions(f"plugin {plugin}", library_versions(interpreter, cwd="/", env=env)))
+    return lines
 
 
 # default state directories of the plugin runs, removed when the session ends

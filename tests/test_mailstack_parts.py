@@ -81,14 +81,14 @@ def test_the_idp_port_is_the_base_plus_443():
     assert config.IDP_PORT == config.port_base() + 443
 
 
-def test_the_oauth2_passdb_file_names_only_keys_dovecot_knows():
+def test_the_oauth2_passdb_file_names_only_keys_dovecot_knows(stack):
     """An unknown key in it breaks Dovecot's whole auth process, passwords too.
     Known: the keys of dovecot-core's reference file, and of its wiki page's
-    examples (client_id and client_secret are only there)."""
+    examples (client_id and client_secret are only there).  The stack fixture
+    has installed dovecot-core."""
     reference = pathlib.Path("/usr/share/dovecot/dovecot-oauth2.conf.ext")
     wiki = pathlib.Path("/usr/share/doc/dovecot-core/wiki/PasswordDatabase.oauth2.txt.gz")
-    if not (reference.exists() and wiki.exists()):
-        pytest.skip("dovecot-core is not installed")
+    assert reference.exists() and wiki.exists(), "dovecot-core's files are missing"
     text = reference.read_text() + gzip.decompress(wiki.read_bytes()).decode()
     known = set(re.findall(r"^#?\s*([a-z_]+)\s*=", text, re.M))
     template = (system.TEMPLATES / "dovecot/oauth2.conf.ext").read_text()

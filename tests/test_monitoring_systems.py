@@ -16,6 +16,7 @@ from monitoring import (
     COMMAND_CONF,
     SERVICES_CONF,
     Icinga2Instance,
+    command_conf_files,
     critical_lines,
     icinga2_validate,
     nagios4_verify,
@@ -37,8 +38,10 @@ def monitoring_packages():
 
 
 def _template_files():
+    """The CheckCommand (none when the Debian package put it into the ITL: then
+    <plugins-contrib> defines it) and the example services."""
     assert os.path.isfile(COMMAND_CONF), f"{COMMAND_CONF} is missing"
-    files = [COMMAND_CONF]
+    files = command_conf_files()
     # services.conf holds example apply rules; validated whenever it exists
     if os.path.isfile(SERVICES_CONF):
         files.append(SERVICES_CONF)
@@ -106,7 +109,7 @@ def test_icinga2_validates_the_example_services_applied_to_their_example_hosts()
 def test_icinga2_validation_catches_a_broken_configuration():
     """The harness does validate: an unknown CheckCommand attribute is an error."""
     broken = 'object CheckCommand "broken" {\n  command = [ "/bin/true" ]\n  no_such_attribute = 1\n}\n'
-    rc, output = icinga2_validate([COMMAND_CONF, broken])
+    rc, output = icinga2_validate(command_conf_files() + [broken])
     assert rc != 0, output
     assert critical_lines(output), output
 
@@ -128,7 +131,7 @@ def icinga(stack):
         f'  vars.email_roundtrip_smtp_user = "{stack.address("probe")}"\n'
         f'  vars.email_roundtrip_smtp_password = "{stack.password("probe")}"\n'
         '}\n')
-    instance = Icinga2Instance(stack, command_conf=_template_files()[0], extra_config=env_service,
+    instance = Icinga2Instance(stack, extra_config=env_service,
                                check_interval=30)
     instance.start()
     try:

@@ -6,6 +6,9 @@ Run as root on Debian 12 (no systemd needed).
                                          nagios4-core (and openssl) when missing,
                                          without starting any daemon
     icinga2_validate(text_or_paths)      -> (returncode, output) of `icinga2 daemon -C`
+    command_conf_files()                 the CheckCommand's file to include: the
+                                         repository's, or none when the Debian
+                                         package put the same file into the ITL
     Icinga2Instance(...)                 a private Icinga 2 daemon with the REST API on
                                          127.0.0.1 that runs check_email_roundtrip
     nagios4_verify(command_definition)   -> (returncode, output) of `nagios4 -v`
@@ -31,6 +34,7 @@ from .common import (
     SERVICES_CONF,
     WORK_ROOT,
     MonitoringError,
+    command_conf_files,
     ensure_packages,
     plugin_dir,
     plugin_path,
@@ -41,7 +45,8 @@ from .zabbix import ZABBIX_PACKAGES, ZabbixInstance
 
 __all__ = [
     "COMMAND_CONF", "PACKAGES", "PLUGIN", "README", "SERVICES_CONF", "WORK_ROOT", "Icinga2Instance",
-    "MonitoringError", "critical_lines", "ensure_packages", "icinga2_validate", "icinga_string",
-    "nagios4_verify", "plugin_dir", "plugin_path", "reap_stale_instances", "readme_nagios_blocks",
+    "MonitoringError", "command_conf_files", "critical_lines", "ensure_packages", "icinga2_validate",
+    "icinga_string", "nagios4_verify", "plugin_dir", "plugin_path", "reap_stale_instances",
+    "readme_nagios_blocks",
     "ZABBIX_PACKAGES", "ZabbixInstance",
 ]

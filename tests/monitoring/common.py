@@ -21,6 +21,9 @@ TEMPLATES = pathlib.Path(HERE) / "templates"
 ICINGA_TEMPLATES_DIR = os.path.join(REPO, "icinga2-templates")
 ZABBIX_TEMPLATES_DIR = os.path.join(REPO, "zabbix-templates")
 COMMAND_CONF = os.path.join(ICINGA_TEMPLATES_DIR, "email_roundtrip.conf")
+# where the Debian package (debian/) installs it: `include <plugins-contrib>`
+# reads plugins-contrib.d recursively
+ITL_COMMAND_CONF = "/usr/share/icinga2/include/plugins-contrib.d/email_roundtrip.conf"
 SERVICES_CONF = os.path.join(ICINGA_TEMPLATES_DIR, "services.conf")
 README = os.path.join(REPO, "README.md")
 
@@ -35,6 +38,23 @@ STOP_TIMEOUT = 15.0
 
 class MonitoringError(RuntimeError):
     pass
+
+
+def command_conf_files():
+    """What to include for the CheckCommand "email_roundtrip": the repository's
+    email_roundtrip.conf, unless the Debian package has put it into the ITL.
+    Then <plugins-contrib> defines it already (a second definition is an
+    error), and that copy must be the repository's, byte for byte."""
+    try:
+        with open(ITL_COMMAND_CONF, "rb") as fh:
+            installed = fh.read()
+    except FileNotFoundError:
+        return [COMMAND_CONF]
+    with open(COMMAND_CONF, "rb") as fh:
+        if fh.read() != installed:
+            raise MonitoringError(f"{ITL_COMMAND_CONF} (installed by the Debian package) is not "
+                                  f"{COMMAND_CONF}: rebuild and reinstall the package, or remove it")
+    return []
 
 
 def run_command(cmd, env=None, timeout=120):

@@ -28,10 +28,10 @@ from mailstack import IMAPS_PORT, SUBMISSIONS_PORT
 from mailstack.procs import kill_tree, proc_alive, read_pidfile, tail
 
 from .common import (
-    COMMAND_CONF,
     START_TIMEOUT,
     STOP_TIMEOUT,
     MonitoringError,
+    command_conf_files,
     ensure_packages,
     free_port,
     plugin_dir,
@@ -137,7 +137,8 @@ class Icinga2Instance:
             result = icinga.check_now()          # dict: state, output, ...
 
     One Host (check_command "dummy": no ping), one Service with the
-    CheckCommand "email_roundtrip" from command_conf and vars for the
+    CheckCommand "email_roundtrip" from command_conf (default:
+    command_conf_files()) and vars for the
     loopback mail stack (implicit TLS on SUBMISSIONS_PORT and IMAPS_PORT,
     --ca-file, probe user, password file), the REST API on 127.0.0.1:<free
     port> with an ApiUser and a random password.  Its directory is under
@@ -154,10 +155,10 @@ class Icinga2Instance:
     SERVICE = "email-roundtrip"
     API_USER = "cer-test"
 
-    def __init__(self, stack, command_conf=COMMAND_CONF, extra_config="", service_vars=None,
+    def __init__(self, stack, command_conf=None, extra_config="", service_vars=None,
                  check_interval=300, keep_dir=False):
         self.stack = stack
-        self.command_conf = command_conf
+        self.command_conf = command_conf_files() if command_conf is None else command_conf
         self.extra_config = extra_config
         self.service_vars = dict(service_vars or {})
         self.check_interval = check_interval
