@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from .argv import build_parser
 from .converters import nagios_range
 from .credentials import Login, Mechanism, Password, TokenSource
 from .errors import Stopped
@@ -35,7 +36,6 @@ from .options import (
     WAIT_PAST_CRITICAL,
     ServerFamily,
     UsageError,
-    build_parser,
 )
 from .output import LOGGER, configure_logging, log_lines
 from .policy import AuthPolicy

@@ -3,21 +3,17 @@
 ``OPTION_GROUPS`` is the table: each :class:`Option` has its flags, its kind,
 how its text becomes a value, and its help.  The SMTP and IMAP options are one
 family written once (:data:`SERVER_FAMILIES`) and generated per protocol.
-``build_parser`` turns the table into argparse; the Icinga 2 template
+``argv.build_parser`` turns the table into argparse; the Icinga 2 template
 generator reads the same table.  Converters raise ``argparse.ArgumentTypeError``
 with the reason in the user's terms.
 """
 
 from __future__ import annotations
 
-import argparse
 import enum
-import re
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Callable, NamedTuple
 
-from . import __version__
 from .converters import (
     cert_days,
     choice,
@@ -29,7 +25,6 @@ from .converters import (
     policy_rule,
     port,
     seconds,
-    text,
     textfile_path,
     whole_number,
 )
@@ -63,9 +58,6 @@ WAIT_PAST_CRITICAL = 5.0
 # -t defaults to --wait plus this: room for the SMTP and IMAP sessions around
 # the wait (each socket gives up 0.5 s before -t).
 TIMEOUT_PAST_WAIT = 30.0
-
-
-NEGATIVE_NUMBER = re.compile(r"^-\.?\d")
 
 
 class TlsVersion(enum.Enum):
@@ -561,58 +553,3 @@ def all_options() -> list[Option]:
 
 class UsageError(Exception):
     """Bad options: exit 3 with one line."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # argparse would exit 2: CRITICAL to Nagios
-        raise UsageError(message)
-
-    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
-        return super().parse_known_args(self._bind_negative_values(args), namespace)
-
-    def _bind_negative_values(self, args: Sequence[str] | None) -> list[str]:
-        """``--wait -1`` as ``--wait=-1``.  With -4 and -6 defined, argparse
-        takes every "-1" for an option, so a negative value would be "expected
-        one argument" rather than its real fault; an option that takes a value
-        takes the next word, as getopt does."""
-        words = list(sys.argv[1:] if args is None else args)
-        takes_value = {
-            flag for action in self._actions if action.nargs != 0 for flag in action.option_strings
-        }
-        bound: list[str] = []
-        for word in words:
-            if bound and bound[-1] in takes_value and NEGATIVE_NUMBER.match(word):
-                bound[-1] = f"{bound[-1]}={word}"
-            else:
-                bound.append(word)
-        return bound
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="check_email_roundtrip",
-        description="Prove that email is submitted and delivered: submit a marked message over SMTP and "
-        "find it again over IMAP, timing every phase (Nagios/Icinga plugin).",
-        epilog=f"Passwords: from --smtp-password-file/--imap-password-file or the environment variables "
-        f"{SMTP_PASSWORD_ENV} / {IMAP_PASSWORD_ENV}; never on the command line, where ps would show them.  "
-        "Exit codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.",
-    )
-    for group in OPTION_GROUPS:
-        target = parser.add_argument_group(group.title) if group.title else parser
-        for option in group.options:
-            _add(target, option)
-    parser.add_argument("-V", "--version", action="version", version=f"check_email_roundtrip {__version__}")
-    return parser
-
-
-def _add(target: Any, option: Option) -> None:
-    settings: dict[str, Any] = {"help": option.help, "dest": option.name}
-    if option.kind is Kind.FLAG:
-        settings["action"] = "store_true"
-    elif option.kind is Kind.COUNT:
-        settings.update(action="count", default=option.default)
-    else:
-        settings.update(type=option.convert or text, metavar=option.metavar, default=option.default)
-        if option.kind is Kind.LIST:
-            settings["action"] = "append"
-    target.add_argument(*option.flags, **settings)
