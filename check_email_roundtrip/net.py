@@ -114,7 +114,9 @@ def connection_error(
     if isinstance(exc, ssl.SSLCertVerificationError):
         return ProbeError(phase, f"{where}: certificate not accepted: {exc.verify_message}")
     if isinstance(exc, ssl.SSLError):
-        return ProbeError(phase, f"{where}: TLS failed: {exc.reason or exc}")
+        from .tls import ssl_reason
+
+        return ProbeError(phase, f"{where}: TLS failed: {ssl_reason(exc) or exc}")
     if isinstance(exc, (ConnectionResetError, BrokenPipeError, EOFError)):
         return ProbeError(phase, f"{where}: connection closed by the server")
     if isinstance(exc, OSError) and exc.strerror:

@@ -202,7 +202,7 @@ class TlsClient:
             timeout = sock.gettimeout() or 0.0
             sock.close()
             where = f"to {host}:{port}"
-            reason = getattr(exc, "reason", None)
+            reason = ssl_reason(exc)
             if isinstance(exc, ssl.SSLCertVerificationError):
                 der = diagnose() if diagnose else None
                 self._seen(
@@ -256,7 +256,7 @@ class TlsClient:
                     return True
         except ssl.SSLError as exc:
             # an alert is TLS too (a server that wants SNI or a client certificate)
-            return "ALERT" in str(exc.reason or "").upper()
+            return "ALERT" in (ssl_reason(exc) or "")
         except OSError:
             return False
 
@@ -292,6 +292,21 @@ class TlsClient:
         """A stand-in for an SSLContext, for smtplib's and imaplib's
         starttls(): they call nothing on it but wrap_socket."""
         return cast("ssl.SSLContext", _StarttlsContext(self, protocol, host, port, phase, diagnose))
+
+
+def ssl_reason(exc: BaseException) -> str | None:
+    """OpenSSL's reason as a name ("WRONG_VERSION_NUMBER").  Python sets
+    ``reason`` only for the errors its build knows by name (Debian's 3.11.2
+    has no name for "legacy sigalg disallowed or unsupported", 3.11.7 does):
+    else it is read off the message, "[SSL] legacy sigalg ... (_ssl.c:992)"."""
+    reason = getattr(exc, "reason", None)
+    if reason and reason != "SSL":
+        return str(reason)
+    text = str(exc)
+    if text.startswith("[") and "]" in text:
+        text = text.split("]", 1)[1]
+    text = text.split(" (_ssl.c", 1)[0].strip()
+    return "_".join(text.upper().split()) or None
 
 
 def _peer_address(sock: socket.socket) -> str:

@@ -96,3 +96,35 @@ def test_delayed_dsn_is_not_a_failure():
     )
     bounce = parse_dsn(raw)
     assert bounce.action == "delayed" and not bounce.failed and bounce.status == "4.4.1"
+
+
+@pytest.mark.parametrize(
+    "reason, message, name",
+    [
+        # Python 3.11.7 names it; Debian's 3.11.2 leaves reason unset ("SSL") for the same error
+        (
+            "LEGACY_SIGALG_DISALLOWED_OR_UNSUPPORTED",
+            "[SSL: LEGACY...] legacy sigalg disallowed or unsupported",
+            "LEGACY_SIGALG_DISALLOWED_OR_UNSUPPORTED",
+        ),
+        (
+            None,
+            "[SSL] legacy sigalg disallowed or unsupported (_ssl.c:992)",
+            "LEGACY_SIGALG_DISALLOWED_OR_UNSUPPORTED",
+        ),
+        ("SSL", "[SSL] wrong version number (_ssl.c:1006)", "WRONG_VERSION_NUMBER"),
+        (
+            "WRONG_VERSION_NUMBER",
+            "[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)",
+            "WRONG_VERSION_NUMBER",
+        ),
+    ],
+)
+def test_openssl_reasons_are_named_whatever_python_build_raised_them(reason, message, name):
+    import ssl
+
+    from check_email_roundtrip.tls import ssl_reason
+
+    error = ssl.SSLError(1, message)
+    error.reason = reason
+    assert ssl_reason(error) == name
