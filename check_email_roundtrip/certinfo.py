@@ -18,7 +18,7 @@ DNS names and IP addresses of subjectAltName.  Anything malformed raises
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 from datetime import datetime, timezone
 from typing import NamedTuple
 
@@ -100,7 +100,13 @@ def _time(tag: int, value: bytes) -> datetime:
             text = f"{1900 + year if year >= 50 else 2000 + year}{text[2:]}"
         elif tag != _GENERALIZED_TIME:
             raise ValueError(tag)
-        return datetime.strptime(text[:14], "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
+        # by hand: datetime.strptime would load _strptime (and locale) on every run with TLS
+        if len(text) < 14 or not text[:14].isdigit():
+            raise ValueError(text)
+        year, month, day, hour, minute, second = (
+            int(text[start:end]) for start, end in ((0, 4), (4, 6), (6, 8), (8, 10), (10, 12), (12, 14))
+        )
+        return datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc)
     except ValueError:
         raise CertificateError(f"time does not parse: {text!r}") from None
 
@@ -149,7 +155,8 @@ def _parse(der: bytes) -> CertificateFacts:
                     if name_tag == _SAN_DNS:
                         dns_names.append(name.decode("ascii", "replace"))
                     elif name_tag == _SAN_IP and len(name) in (4, 16):
-                        ips.append(str(ipaddress.ip_address(name)))
+                        family = socket.AF_INET if len(name) == 4 else socket.AF_INET6
+                        ips.append(socket.inet_ntop(family, name))
     return CertificateFacts(
         not_before=_time(*times[0]),
         not_after=_time(*times[1]),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, cast
@@ -146,19 +147,29 @@ class TlsClient:
         self._contexts: dict[tuple[bool, bool], ssl.SSLContext] = {}
         self.handshakes: list[Handshake] = []
         self.old_tls: set[tuple[str, int]] = set()  # servers that speak only TLS before 1.2
-        # seconds spent building contexts (loading CA stores): our CPU, which
-        # the phase timings leave out
-        self.spent_building = 0.0
+        # seconds each thread spent building contexts (loading CA stores):
+        # our CPU, which the phase timings leave out; per thread, since the
+        # IMAP sign-in runs beside the SMTP one
+        self._building: dict[int, float] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def spent_building(self) -> float:
+        """Seconds the calling thread spent building contexts."""
+        return self._building.get(threading.get_ident(), 0.0)
 
     def context(self, verify: bool = False, old_tls: bool = False) -> ssl.SSLContext:
         """The context for the mail servers (unverified with --insecure), or
         with ``verify`` one that always verifies (the token endpoint).  With
         ``old_tls``, TLS 1.0 and 1.1 are allowed too (OpenSSL security level
-        0): only for a server that offered nothing newer, to report that."""
+        0): only for a server that offered nothing newer, to report that.
+        Built once per run, whichever thread asks first."""
         import ssl
 
         key = (verify or not self.config.insecure, old_tls)
-        if key not in self._contexts:
+        with self._lock:
+            if key in self._contexts:
+                return self._contexts[key]
             started = time.monotonic()
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # hostname checked, certificate required
             if key[0]:
@@ -172,8 +183,9 @@ class TlsClient:
                 context.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
                 context.set_ciphers("DEFAULT:@SECLEVEL=0")
             self._contexts[key] = context
-            self.spent_building += time.monotonic() - started
-        return self._contexts[key]
+            thread = threading.get_ident()
+            self._building[thread] = self._building.get(thread, 0.0) + time.monotonic() - started
+            return context
 
     def handshake(
         self,
