@@ -11,10 +11,8 @@ secret text, in every form it travels in, is registered with the output
 filter (``output.register_secret``), including tokens obtained at run time.
 """
 
-from __future__ import annotations
-
 import enum
-from typing import NamedTuple, Union
+from typing import NamedTuple, Optional, Union
 
 
 class Secret:
@@ -92,8 +90,8 @@ class TokenEndpoint(NamedTuple):
     client_id: str
     client_secret: Secret
     client_secret_source: str
-    scope: str | None
-    refresh_token_file: str | None
+    scope: Optional[str]
+    refresh_token_file: Optional[str]
     cache_file: str  # the cached access token, 0600, in the state directory
 
     @property

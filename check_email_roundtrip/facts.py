@@ -6,13 +6,15 @@ the renderers read them and never change them.  A result that ``stopped``
 carries the :class:`~.errors.ProbeError` (a fact about the service) or the
 :class:`~.errors.Stopped` (the ``-t`` budget ran out, or SIGTERM) that ended the run;
 its timings then hold the phases that did complete.
-"""
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: typing.NamedTuple would
+compile each string annotation at import (README, Design: start-up), so
+the fields say ``Optional[...]``, which Python 3.9 can evaluate.
+"""
 
 import enum
 from datetime import datetime
-from typing import TYPE_CHECKING, NamedTuple, Union
+from typing import TYPE_CHECKING, NamedTuple, Optional, Union
 
 from .errors import LocalError, ProbeError, Stopped
 from .memory import PendingProbe
@@ -40,45 +42,58 @@ class Submission(NamedTuple):
     final_reply: str
     # Postfix, Exim, Exchange and most others name the queue entry in the final
     # reply; quoting it lets the admin grep the relay's log for this probe.
-    queue_id: str | None
+    queue_id: Optional[str]
     # when MAIL FROM was sent: the round trip starts here
     mail_from_at: float  # time.monotonic()
     mail_from_wall: float  # time.time(), for later runs and the log
-    data_wall: float | None = None  # time.time() when DATA was sent (the log, bench/)
+    data_wall: Optional[float] = None  # time.time() when DATA was sent (the log, bench/)
 
 
 class SmtpTimings(NamedTuple):
     """Seconds per SMTP phase (see ``smtp.py``); None: did not run or complete."""
 
-    connect: float | None = None
-    starttls: float | None = None
-    auth: float | None = None
-    submit: float | None = None
-    total: float | None = None
+    connect: Optional[float] = None
+    starttls: Optional[float] = None
+    auth: Optional[float] = None
+    submit: Optional[float] = None
+    total: Optional[float] = None
 
     @classmethod
-    def of(cls, times: PhaseTimes) -> SmtpTimings:
+    def of(cls, times: PhaseTimes) -> "SmtpTimings":
         return cls(*(times.get(name) for name in ("connect", "starttls", "auth", "submit", "total")))
 
 
 class ImapTimings(NamedTuple):
     """One look into the mailbox: what finding the message cost, step by step."""
 
-    connect: float | None = None  # TCP (+ TLS for implicit TLS) + greeting
-    starttls: float | None = None
-    login: float | None = None
-    select: float | None = None  # opening the folder the message was found in
-    search: float | None = None  # the search that found the message
-    fetch: float | None = None  # header fetch of the found message
+    connect: Optional[float] = None  # TCP (+ TLS for implicit TLS) + greeting
+    starttls: Optional[float] = None
+    login: Optional[float] = None
+    select: Optional[float] = None  # opening the folder the message was found in
+    search: Optional[float] = None  # the search that found the message
+    fetch: Optional[float] = None  # header fetch of the found message
     searches: int = 0
 
     @property
-    def cycle(self) -> float | None:
+    def cycle(self) -> "float | None":
         """The whole look, when a search found something; else None."""
         if self.search is None:
             return None
         steps = (self.connect, self.starttls, self.login, self.select, self.search, self.fetch)
         return sum(step for step in steps if step is not None)
+
+
+class Hop(NamedTuple):
+    """One step of a delivered message's way, from its Received chain, oldest
+    first: the time between the previous stamp and this one was spent before
+    ``by`` (in the previous host's queue, the connection, ``by`` accepting it)."""
+
+    by: str  # the host that added the Received header ("by ..."); "" when it named none
+    protocol: str  # its "with ..." (ESMTPSA, ESMTPS, LMTP, ...); "" when none
+    stamped: datetime  # the header's date (one-second resolution)
+    seconds: float  # since the previous stamp, or since MAIL FROM for the first; never negative
+    skewed: bool  # the stamp was before the previous one: the clocks disagree, clamped to 0
+    trusted: bool  # written by the receiving side: above its Authentication-Results header (hops.py)
 
 
 class Arrival(NamedTuple):
@@ -95,21 +110,8 @@ class Arrival(NamedTuple):
 class Bounced(NamedTuple):
     """A bounce of this run's probe came back."""
 
-    bounce: Bounce
+    bounce: "Bounce"
     after: float  # seconds after MAIL FROM
-
-
-class Hop(NamedTuple):
-    """One step of a delivered message's way, from its Received chain, oldest
-    first: the time between the previous stamp and this one was spent before
-    ``by`` (in the previous host's queue, the connection, ``by`` accepting it)."""
-
-    by: str  # the host that added the Received header ("by ..."); "" when it named none
-    protocol: str  # its "with ..." (ESMTPSA, ESMTPS, LMTP, ...); "" when none
-    stamped: datetime  # the header's date (one-second resolution)
-    seconds: float  # since the previous stamp, or since MAIL FROM for the first; never negative
-    skewed: bool  # the stamp was before the previous one: the clocks disagree, clamped to 0
-    trusted: bool  # written by the receiving side: above its Authentication-Results header (hops.py)
 
 
 class LateArrival(NamedTuple):
@@ -119,58 +121,58 @@ class LateArrival(NamedTuple):
 
 
 class Housekeeping(NamedTuple):
-    deleted: bool | None = None  # --cleanup: this run's message is gone (None: not asked)
+    deleted: Optional[bool] = None  # --cleanup: this run's message is gone (None: not asked)
     purged: tuple[tuple[str, int], ...] = ()  # --purge-older-than: (folder, count)
 
 
 class SubmitResult(NamedTuple):
     marker: str
     smtp: SmtpTimings
-    submission: Submission | None = None
-    error: ProbeError | LocalError | None = None
-    stopped: Stopped | None = None  # -t ran out, or SIGTERM
-    oauth_token: float | None = None  # seconds spent getting an access token, when one was requested
-    tls: tuple[Handshake, ...] = ()  # every TLS handshake of the run, in order
+    submission: Optional[Submission] = None
+    error: Optional[Union[ProbeError, LocalError]] = None
+    stopped: Optional[Stopped] = None  # -t ran out, or SIGTERM
+    oauth_token: Optional[float] = None  # seconds spent getting an access token, when one was requested
+    tls: "tuple[Handshake, ...]" = ()  # every TLS handshake of the run, in order
 
 
 class RoundtripResult(NamedTuple):
     marker: str
     smtp: SmtpTimings
-    submission: Submission | None = None
-    imap: ImapTimings | None = None
-    arrival: Arrival | None = None
-    bounced: Bounced | None = None
-    not_delivered_within: float | None = None  # set when --wait ran out
-    verdicts: AuthVerdicts | None = None  # the receiver's, once found
-    dns: DnsReport | None = None  # with --dns-checks
+    submission: Optional[Submission] = None
+    imap: Optional[ImapTimings] = None
+    arrival: Optional[Arrival] = None
+    bounced: Optional[Bounced] = None
+    not_delivered_within: Optional[float] = None  # set when --wait ran out
+    verdicts: "AuthVerdicts | None" = None  # the receiver's, once found
+    dns: "DnsReport | None" = None  # with --dns-checks
     late: tuple[LateArrival, ...] = ()  # earlier runs' probes that arrived since
     lost: tuple[PendingProbe, ...] = ()  # earlier runs' probes now counted lost
     housekeeping: Housekeeping = Housekeeping()
-    error: ProbeError | LocalError | None = None
-    stopped: Stopped | None = None  # -t ran out, or SIGTERM
-    oauth_token: float | None = None  # seconds spent getting an access token, when one was requested
+    error: Optional[Union[ProbeError, LocalError]] = None
+    stopped: Optional[Stopped] = None  # -t ran out, or SIGTERM
+    oauth_token: Optional[float] = None  # seconds spent getting an access token, when one was requested
     # --no-wait: this run only sends; ``arrival``/``bounced`` are those of the
     # earlier probe judged (``judged``), whose round trip is the server's
     # delivery time minus its MAIL FROM; ``judged_age`` is set while it is missing
     no_wait: bool = False
-    judged: PendingProbe | None = None
-    judged_age: float | None = None
-    tls: tuple[Handshake, ...] = ()  # every TLS handshake of the run, in order
+    judged: Optional[PendingProbe] = None
+    judged_age: Optional[float] = None
+    tls: "tuple[Handshake, ...]" = ()  # every TLS handshake of the run, in order
 
     @property
-    def roundtrip(self) -> float | None:
+    def roundtrip(self) -> "float | None":
         return self.arrival.roundtrip if self.arrival else None
 
 
 class PollResult(NamedTuple):
     since: datetime  # start of the window (UTC)
-    imap: ImapTimings | None = None
-    matches: int | None = None  # messages matching in the window
-    newest_age: float | None = None  # seconds since the newest match arrived (INTERNALDATE)
-    error: ProbeError | LocalError | None = None
-    stopped: Stopped | None = None  # -t ran out, or SIGTERM
-    oauth_token: float | None = None  # seconds spent getting an access token, when one was requested
-    tls: tuple[Handshake, ...] = ()  # every TLS handshake of the run, in order
+    imap: Optional[ImapTimings] = None
+    matches: Optional[int] = None  # messages matching in the window
+    newest_age: Optional[float] = None  # seconds since the newest match arrived (INTERNALDATE)
+    error: Optional[Union[ProbeError, LocalError]] = None
+    stopped: Optional[Stopped] = None  # -t ran out, or SIGTERM
+    oauth_token: Optional[float] = None  # seconds spent getting an access token, when one was requested
+    tls: "tuple[Handshake, ...]" = ()  # every TLS handshake of the run, in order
 
 
 ProbeResult = Union[SubmitResult, RoundtripResult, PollResult]

@@ -19,13 +19,11 @@ never destroy anything.  Entries that do not make sense (a time that is not
 a number, NaN, in the far future) are dropped and the file repaired.
 """
 
-from __future__ import annotations
-
 import math
 import os
 import re
 import time
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Optional
 
 from .deadline import Deadline
 from .files import FileLock, read_private, write_private
@@ -42,7 +40,7 @@ EARLIEST = 946684800.0  # 2000-01-01
 class PendingProbe(NamedTuple):
     marker: str
     sent_at: float  # epoch seconds when MAIL FROM was sent
-    queue_id: str | None = None
+    queue_id: Optional[str] = None
 
     def describe(self) -> str:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.sent_at))
@@ -54,7 +52,7 @@ class Memory:
 
     def __init__(
         self,
-        pending: list[PendingProbe] | None = None,
+        pending: "list[PendingProbe] | None" = None,
         slow_streak: int = 0,
         late: int = 0,
         lost: int = 0,
@@ -73,7 +71,7 @@ class Change(NamedTuple):
     judged: tuple[str, ...] = ()  # --no-wait: markers of earlier probes judged (not counted late)
     lost: tuple[str, ...] = ()  # markers given up on
     new_pending: tuple[PendingProbe, ...] = ()  # this run's probe, when it is not found yet
-    slow: bool | None = None  # None leaves the streak as it is
+    slow: Optional[bool] = None  # None leaves the streak as it is
 
 
 class Remembered(NamedTuple):
@@ -192,7 +190,7 @@ class StateFile:
         )
 
 
-def _lstat(path: str) -> os.stat_result | None:
+def _lstat(path: str) -> "os.stat_result | None":
     try:
         return os.lstat(path)
     except FileNotFoundError:

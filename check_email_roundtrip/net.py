@@ -119,11 +119,24 @@ def connection_error(
     if isinstance(exc, ssl.SSLCertVerificationError):
         return ProbeError(phase, f"{where}: certificate not accepted: {exc.verify_message}")
     if isinstance(exc, ssl.SSLError):
-        from .tls import ssl_reason
-
         return ProbeError(phase, f"{where}: TLS failed: {ssl_reason(exc) or exc}")
     if isinstance(exc, (ConnectionResetError, BrokenPipeError, EOFError)):
         return ProbeError(phase, f"{where}: connection closed by the server")
     if isinstance(exc, OSError) and exc.strerror:
         return ProbeError(phase, f"{where} failed: {exc.strerror}")
     return ProbeError(phase, f"{where} failed: {exc}")
+
+
+def ssl_reason(exc: BaseException) -> str | None:
+    """OpenSSL's reason as a name ("WRONG_VERSION_NUMBER").  Python sets
+    ``reason`` only for the errors its build knows by name (Debian's 3.11.2
+    has no name for "legacy sigalg disallowed or unsupported", 3.11.7 does):
+    else it is read off the message, "[SSL] legacy sigalg ... (_ssl.c:992)"."""
+    reason = getattr(exc, "reason", None)
+    if reason and reason != "SSL":
+        return str(reason)
+    text = str(exc)
+    if text.startswith("[") and "]" in text:
+        text = text.split("]", 1)[1]
+    text = text.split(" (_ssl.c", 1)[0].strip()
+    return "_".join(text.upper().split()) or None

@@ -40,9 +40,9 @@ from .output import LOGGER
 if TYPE_CHECKING:
     from .imap import ImapSession
     from .oauth import Keyring
-    from .probe import _Draft
     from .session import Reach
     from .settings import Settings
+    from .steps import Draft
     from .watch import Watch
 
 log = logging.getLogger(LOGGER)
@@ -65,15 +65,15 @@ def judge_earlier(
     reach: Reach,
     keyring: Keyring,
     pending: Sequence[PendingProbe],
-    draft: _Draft,
+    draft: Draft,
     sessions: list[ImapSession],
 ) -> list[Watch]:
     """Submit this run's probe and judge the earlier ones; returns the
     watches (``sessions`` gets their sessions, the caller's to close)."""
-    from .probe import _send, hops_of, open_both
+    from .steps import hops_of, open_both, send
 
     watches, smtp_session = open_both(settings, reach, keyring, sessions, draft.smtp_times)
-    draft.submission, draft.goodbye = _send(settings, smtp_session, draft.marker)
+    draft.submission, draft.goodbye = send(settings, smtp_session, draft.marker)
     earlier = sorted(pending, key=lambda probe: probe.sent_at)
     if not earlier:
         log.info("first run: no earlier probe to judge")
@@ -129,7 +129,7 @@ def judge_earlier(
     return watches
 
 
-def _bounced(hit: Found, draft: _Draft, probe: PendingProbe) -> bool:
+def _bounced(hit: Found, draft: Draft, probe: PendingProbe) -> bool:
     from .dsn import parse_dsn
 
     bounce = parse_dsn(hit.watch.session.fetch_message(hit.uid))

@@ -8,11 +8,9 @@ generator reads the same table.  Converters raise ``argparse.ArgumentTypeError``
 with the reason in the user's terms.
 """
 
-from __future__ import annotations
-
 import enum
 from collections.abc import Mapping
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 from .converters import (
     cert_days,
@@ -79,11 +77,11 @@ class Option(NamedTuple):
     flags: tuple[str, ...]
     help: str
     kind: Kind = Kind.VALUE
-    convert: Callable[[str], Any] | None = None
-    metavar: str | None = None
+    convert: Optional[Callable[[str], Any]] = None
+    metavar: Optional[str] = None
     default: Any = None
-    dest: str | None = None
-    env: str | None = None  # an environment variable that may give the value instead
+    dest: Optional[str] = None
+    env: Optional[str] = None  # an environment variable that may give the value instead
 
     @property
     def long(self) -> str:
@@ -169,7 +167,7 @@ SERVER_FAMILIES = (SMTP_FAMILY, IMAP_FAMILY)
 
 
 class Group(NamedTuple):
-    title: str | None
+    title: Optional[str]
     options: tuple[Option, ...]
 
 

@@ -3,13 +3,15 @@
 Nothing below the CLI looks at ``argparse`` or the environment: the probe and
 the nagiosplugin layer get a :class:`Settings` (or the part of it they need).
 Everything here is frozen: a run cannot change its own configuration.
-"""
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: typing.NamedTuple would
+compile each string annotation at import (README, Design: start-up), so
+the fields say ``Optional[...]``, which Python 3.9 can evaluate.
+"""
 
 import enum
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import nagiosplugin
 
@@ -21,7 +23,7 @@ class TlsConfig(NamedTuple):
     """What the user asked for: whom to trust, or not to verify at all, and
     the oldest TLS version that is fine (older is a WARNING, not a refusal)."""
 
-    ca_file: str | None = None
+    ca_file: Optional[str] = None
     insecure: bool = False
     minimum: str = "1.2"  # --tls-min
 
@@ -79,10 +81,10 @@ class Endpoint(NamedTuple):
     host: str
     port: int
     security: Security
-    login: Login | None = None
+    login: Optional[Login] = None
 
     @property
-    def user(self) -> str | None:
+    def user(self) -> "str | None":
         return self.login.user if self.login else None
 
     def __str__(self) -> str:
@@ -92,8 +94,8 @@ class Endpoint(NamedTuple):
 class PollCriteria(NamedTuple):
     """Poll mode: what mail somebody else sends must look like, and since when."""
 
-    subject: str | None
-    sender: str | None
+    subject: Optional[str]
+    sender: Optional[str]
     headers: tuple[tuple[str, str], ...]
     window: float  # seconds back from now
 
@@ -122,26 +124,26 @@ class Thresholds(NamedTuple):
     critical: nagiosplugin.Range
     # per-phase, keyed by perfdata label: (warning, critical)
     phases: Mapping[str, tuple[nagiosplugin.Range, nagiosplugin.Range]]
-    cert_days: CertDays | None = CertDays(21.0, 7.0)
+    cert_days: Optional[CertDays] = CertDays(21.0, 7.0)
 
 
 class Memory(NamedTuple):
     """Memory across runs (roundtrip mode)."""
 
-    state_file: str | None = None  # None: --no-state
+    state_file: Optional[str] = None  # None: --no-state
     lost_after: float = 86400.0  # seconds until an undelivered probe counts as lost
-    escalate_after: int | None = None  # consecutive not-OK round trips before CRITICAL
+    escalate_after: Optional[int] = None  # consecutive not-OK round trips before CRITICAL
 
 
 class Elsewhere(NamedTuple):
     """Where else the probe may land, and clean-up (roundtrip mode)."""
 
-    junk_folder: str | None = None  # None: the \\Junk special-use folder, if any
+    junk_folder: Optional[str] = None  # None: the \\Junk special-use folder, if any
     junk_detect: bool = True  # look in Junk at all
     junk_state: Level = Level.WARNING
-    bounce: BounceWatch | None = None
+    bounce: Optional[BounceWatch] = None
     cleanup: bool = False  # delete this run's message once read
-    purge_days: float | None = None  # delete probe messages older than this
+    purge_days: Optional[float] = None  # delete probe messages older than this
 
     @property
     def writable(self) -> bool:
@@ -152,10 +154,10 @@ class Elsewhere(NamedTuple):
 class Verdicts(NamedTuple):
     """The receiver's verdicts and the DNS behind them (roundtrip mode)."""
 
-    authserv_id: str | None = None
+    authserv_id: Optional[str] = None
     policy: AuthPolicy = AuthPolicy()
     dns_checks: bool = False
-    nameserver: tuple[str, int] | None = None  # None: the system resolver
+    nameserver: Optional[tuple[str, int]] = None  # None: the system resolver
     dns_finding_state: Level = Level.WARNING
 
 
@@ -163,15 +165,15 @@ class Outputs(NamedTuple):
     """Where the run's result goes besides the exit code."""
 
     format: OutputFormat = OutputFormat.TEXT  # --output
-    prometheus_textfile: str | None = None  # also written there (textfile.py)
+    prometheus_textfile: Optional[str] = None  # also written there (textfile.py)
 
 
 class Settings(NamedTuple):
     mode: Mode
-    smtp: Endpoint | None  # None in poll mode
-    imap: Endpoint | None  # None in submit mode
-    envelope_from: str | None  # None in poll mode
-    recipient: str | None
+    smtp: Optional[Endpoint]  # None in poll mode
+    imap: Optional[Endpoint]  # None in submit mode
+    envelope_from: Optional[str]  # None in poll mode
+    recipient: Optional[str]
     imap_folder: str
     helo_name: str
     tls: TlsConfig
@@ -185,7 +187,7 @@ class Settings(NamedTuple):
     verdicts: Verdicts = Verdicts()
     memory: Memory = Memory()
     elsewhere: Elsewhere = Elsewhere()
-    poll: PollCriteria | None = None  # poll mode only
+    poll: Optional[PollCriteria] = None  # poll mode only
     config_warnings: tuple[str, ...] = ()  # e.g. a password file every user can read
     outputs: Outputs = Outputs()
 

@@ -13,18 +13,16 @@ The context is built on first use: loading the system's CA store costs ~30 ms,
 which a run that fails before any TLS need not pay.
 """
 
-from __future__ import annotations
-
 import logging
 import os
 import socket
 import threading
 import time
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, cast
 
 from .errors import Phase, ProbeError
-from .net import connection_error
+from .net import connection_error, ssl_reason
 from .output import LOGGER
 from .settings import TlsConfig
 
@@ -58,9 +56,9 @@ class Handshake(NamedTuple):
     cipher: str
     seconds: float
     verified: bool  # the certificate was checked and accepted
-    certificate: bytes | None  # the peer's leaf certificate, DER (also when it was refused)
+    certificate: Optional[bytes]  # the peer's leaf certificate, DER (also when it was refused)
 
-    def certificate_facts(self) -> CertificateFacts | None:
+    def certificate_facts(self) -> "CertificateFacts | None":
         """Its dates and names; None when there is none, or it does not parse."""
         from .certinfo import CertificateError, parse_certificate
 
@@ -106,7 +104,7 @@ class OldTlsOnly(ProbeError):
     those versions allowed (to report it, with a WARNING)."""
 
 
-def load_system_trust(context: ssl.SSLContext) -> None:
+def load_system_trust(context: "ssl.SSLContext") -> None:
     """The system's CA certificates.  Where the system keeps them as a hashed
     directory too (Debian, Ubuntu: /etc/ssl/certs), OpenSSL looks up only the
     issuer a handshake needs there (about 1 ms); the bundle file would be
@@ -158,7 +156,7 @@ class TlsClient:
         """Seconds the calling thread spent building contexts."""
         return self._building.get(threading.get_ident(), 0.0)
 
-    def context(self, verify: bool = False, old_tls: bool = False) -> ssl.SSLContext:
+    def context(self, verify: bool = False, old_tls: bool = False) -> "ssl.SSLContext":
         """The context for the mail servers (unverified with --insecure), or
         with ``verify`` one that always verifies (the token endpoint).  With
         ``old_tls``, TLS 1.0 and 1.1 are allowed too (OpenSSL security level
@@ -196,8 +194,8 @@ class TlsClient:
         phase: Phase,
         verify: bool = False,
         plain_text_hint: str = "",
-        diagnose: Callable[[], bytes | None] | None = None,
-    ) -> ssl.SSLSocket:
+        diagnose: "Callable[[], bytes | None] | None" = None,
+    ) -> "ssl.SSLSocket":
         """TLS on a connected socket, verified against ``host``; a failure is a
         ProbeError naming ``phase`` and the cause in words (the socket is
         then closed).  A server that answers in plain text gets
@@ -272,7 +270,7 @@ class TlsClient:
         except OSError:
             return False
 
-    def peek_certificate(self, sock: socket.socket, host: str) -> bytes | None:
+    def peek_certificate(self, sock: socket.socket, host: str) -> "bytes | None":
         """The certificate a server presents on ``sock`` (connected, at the
         point where the handshake starts), unverified; the socket is closed.
         For saying why a verified handshake refused it.  None if that fails."""
@@ -282,7 +280,7 @@ class TlsClient:
         except OSError:
             return None
 
-    def peek_context(self) -> ssl.SSLContext:
+    def peek_context(self) -> "ssl.SSLContext":
         """Nothing verified, every version allowed: for looking, never for
         sending anything that matters."""
         import ssl
@@ -299,26 +297,11 @@ class TlsClient:
         host: str,
         port: int,
         phase: Phase,
-        diagnose: Callable[[], bytes | None] | None = None,
-    ) -> ssl.SSLContext:
+        diagnose: "Callable[[], bytes | None] | None" = None,
+    ) -> "ssl.SSLContext":
         """A stand-in for an SSLContext, for smtplib's and imaplib's
         starttls(): they call nothing on it but wrap_socket."""
         return cast("ssl.SSLContext", _StarttlsContext(self, protocol, host, port, phase, diagnose))
-
-
-def ssl_reason(exc: BaseException) -> str | None:
-    """OpenSSL's reason as a name ("WRONG_VERSION_NUMBER").  Python sets
-    ``reason`` only for the errors its build knows by name (Debian's 3.11.2
-    has no name for "legacy sigalg disallowed or unsupported", 3.11.7 does):
-    else it is read off the message, "[SSL] legacy sigalg ... (_ssl.c:992)"."""
-    reason = getattr(exc, "reason", None)
-    if reason and reason != "SSL":
-        return str(reason)
-    text = str(exc)
-    if text.startswith("[") and "]" in text:
-        text = text.split("]", 1)[1]
-    text = text.split(" (_ssl.c", 1)[0].strip()
-    return "_".join(text.upper().split()) or None
 
 
 def _peer_address(sock: socket.socket) -> str:
@@ -328,7 +311,7 @@ def _peer_address(sock: socket.socket) -> str:
         return ""
 
 
-def refusal_in_words(exc: ssl.SSLCertVerificationError, host: str, der: bytes | None) -> str:
+def refusal_in_words(exc: "ssl.SSLCertVerificationError", host: str, der: "bytes | None") -> str:
     """Why the certificate was refused, in the admin's terms."""
     from .certinfo import CertificateError, parse_certificate
 
@@ -370,12 +353,12 @@ class _StarttlsContext:
         host: str,
         port: int,
         phase: Phase,
-        diagnose: Callable[[], bytes | None] | None,
+        diagnose: "Callable[[], bytes | None] | None",
     ):
         self.client, self.protocol, self.host, self.port, self.phase = client, protocol, host, port, phase
         self.diagnose = diagnose
 
-    def wrap_socket(self, sock: socket.socket, **_ignored: Any) -> ssl.SSLSocket:
+    def wrap_socket(self, sock: socket.socket, **_ignored: Any) -> "ssl.SSLSocket":
         # server_hostname is ignored on purpose: the name verified is the one
         # the user gave, whatever the stdlib client remembers.
         return self.client.handshake(

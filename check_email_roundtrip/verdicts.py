@@ -23,11 +23,9 @@ and nothing else.  A header without an authserv-id (Microsoft 365, Exchange)
 can only be trusted as the topmost one: it names no receiver to match.
 """
 
-from __future__ import annotations
-
 import re
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Optional
 
 from .message import header_values, parse_header
 from .policy import METHODS, NOT_EVALUATED, RESULT_WORDS
@@ -78,14 +76,14 @@ class Verdict(NamedTuple):
 
 
 class AuthVerdicts(NamedTuple):
-    authserv_id: str | None  # of the trusted header(s); None when there is none
+    authserv_id: Optional[str]  # of the trusted header(s); None when there is none
     verdicts: dict[str, Verdict]  # every method of METHODS, in that order
     header_found: bool  # the receiver wrote an Authentication-Results header
-    malformed: str | None = None  # why the trusted header could not be parsed
+    malformed: Optional[str] = None  # why the trusted header could not be parsed
     ignored: tuple[str, ...] = ()  # one description per ignored header
-    sender_ip: str | None = None  # what the receiver says the mail came from (not checked)
+    sender_ip: Optional[str] = None  # what the receiver says the mail came from (not checked)
 
-    def with_dmarc_policy(self, policy: str) -> AuthVerdicts:
+    def with_dmarc_policy(self, policy: str) -> "AuthVerdicts":
         """The same, with the policy from the _dmarc record when the header did not say it."""
         verdict = self.verdicts["dmarc"]
         if verdict.result == NOT_EVALUATED or any(d.startswith("p=") for d in verdict.details):
@@ -100,13 +98,13 @@ class _Result(NamedTuple):
 
     method: str  # lowercase
     result: str  # lowercase
-    reason: str | None
+    reason: Optional[str]
     properties: tuple[tuple[str, str, str], ...]  # (ptype, property, value)
     comments: tuple[str, ...]  # the receiver's comments in this result's part
 
 
 class _Header(NamedTuple):
-    authserv_id: str | None  # lowercase; None for the id-less form
+    authserv_id: Optional[str]  # lowercase; None for the id-less form
     results: tuple[_Result, ...]
 
 
@@ -242,14 +240,14 @@ def _details(result: _Result) -> tuple[str, ...]:
     return tuple(details)
 
 
-def _best(first: Verdict | None, second: Verdict) -> Verdict:
+def _best(first: "Verdict | None", second: Verdict) -> Verdict:
     """Several results for one method (two DKIM signatures): a pass wins, as in DMARC."""
     if first is None or (second.passed and not first.passed):
         return second
     return first
 
 
-def _trusted(position: int, raw: str, header: _Header | None, wanted: str | None) -> bool:
+def _trusted(position: int, raw: str, header: "_Header | None", wanted: "str | None") -> bool:
     """The trust rule, for the header at ``position`` (0: topmost), ``header``
     being its parse (None: it does not parse).  Without --authserv-id: the
     topmost header, with or without an authserv-id, parsed or not (the
@@ -263,7 +261,7 @@ def _trusted(position: int, raw: str, header: _Header | None, wanted: str | None
     return header.authserv_id is not None and header.authserv_id == wanted
 
 
-def receiver_header(raw_headers: Sequence[str], authserv_id: str | None = None) -> int | None:
+def receiver_header(raw_headers: Sequence[str], authserv_id: "str | None" = None) -> "int | None":
     """The position (0: topmost) of the topmost Authentication-Results header
     the receiver wrote, among a message's (``raw_headers``, top first), by
     the trust rule of :func:`read_verdicts`; None when it wrote none."""
@@ -280,7 +278,7 @@ def receiver_header(raw_headers: Sequence[str], authserv_id: str | None = None) 
     return None
 
 
-def _why_ignored(header: _Header, trusted: list[_Header], authserv_id: str | None) -> str:
+def _why_ignored(header: _Header, trusted: list[_Header], authserv_id: "str | None") -> str:
     if authserv_id is not None:
         if header.authserv_id is None:
             return f"--authserv-id {authserv_id} trusts only headers carrying it"
@@ -299,7 +297,7 @@ def _why_ignored(header: _Header, trusted: list[_Header], authserv_id: str | Non
     )
 
 
-def _sender_ip(raw_headers: list[str]) -> str | None:
+def _sender_ip(raw_headers: list[str]) -> "str | None":
     for raw in raw_headers:
         for pattern in _SENDER_IP:
             match = pattern.search(raw)
@@ -308,7 +306,7 @@ def _sender_ip(raw_headers: list[str]) -> str | None:
     return None
 
 
-def read_verdicts(header_block: bytes, authserv_id: str | None = None) -> AuthVerdicts:
+def read_verdicts(header_block: bytes, authserv_id: "str | None" = None) -> AuthVerdicts:
     raw_headers = header_values(parse_header(header_block), "Authentication-Results")
     wanted = authserv_id.lower() if authserv_id else None
 

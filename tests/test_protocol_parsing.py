@@ -123,7 +123,7 @@ def test_delayed_dsn_is_not_a_failure():
 def test_openssl_reasons_are_named_whatever_python_build_raised_them(reason, message, name):
     import ssl
 
-    from check_email_roundtrip.tls import ssl_reason
+    from check_email_roundtrip.net import ssl_reason
 
     error = ssl.SSLError(1, message)
     error.reason = reason
