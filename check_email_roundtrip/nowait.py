@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, NamedTuple
 
-from .facts import Arrival, Bounced, ImapTimings, LateArrival, WatchKind
+from .facts import Arrival, Bounced, LateArrival, WatchKind
 from .imapsyntax import SearchKeys
 from .memory import PendingProbe
 from .message import Kind, classify
@@ -70,7 +70,7 @@ def judge_earlier(
 ) -> list[Watch]:
     """Submit this run's probe and judge the earlier ones; returns the
     watches (``sessions`` gets their sessions, the caller's to close)."""
-    from .steps import hops_of, open_both, send
+    from .steps import hops_of, imap_timings, open_both, send
 
     watches, smtp_session = open_both(settings, reach, keyring, sessions, draft.smtp_times)
     draft.submission, draft.goodbye = send(settings, smtp_session, draft.marker)
@@ -99,15 +99,8 @@ def judge_earlier(
                     message.header,
                     hops_of(message.header, probe.sent_at, settings),
                 )
-                session = message.watch.session
-                draft.imap = ImapTimings(
-                    connect=session.times.get("connect"),
-                    starttls=session.times.get("starttls"),
-                    login=session.times.get("login"),
-                    select=session.select_seconds.get(message.watch.folder),
-                    search=message.search_seconds,
-                    fetch=message.fetch_seconds,
-                    searches=session.searches,
+                draft.imap = imap_timings(
+                    message.watch.session, message.watch.folder, message.search_seconds, message.fetch_seconds
                 )
                 log.info(
                     "%s found in %s: delivered %.0f s after it was sent (server time)",

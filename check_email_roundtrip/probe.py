@@ -34,7 +34,7 @@ from .oauth import Keyring
 from .output import LOGGER
 from .session import PhaseTimes, Reach
 from .settings import Endpoint, Settings
-from .steps import Draft, hops_of, open_both, open_smtp, reach_for, required, send
+from .steps import Draft, hops_of, imap_timings, open_both, open_smtp, reach_for, required, send
 
 if TYPE_CHECKING:
     from .imap import ImapSession
@@ -112,15 +112,12 @@ def _roundtrip(
                     draft.arrival = sighting.arrival._replace(
                         hops=hops_of(sighting.arrival.header, start, settings)
                     )
-                    session = sessions[0]
-                    draft.imap = ImapTimings(
-                        connect=session.times.get("connect"),
-                        starttls=session.times.get("starttls"),
-                        login=session.times.get("login"),
-                        select=session.select_seconds.get(sighting.arrival.folder),
-                        search=sighting.search_seconds,
-                        fetch=sighting.fetch_seconds,
-                        searches=watcher.searches,
+                    draft.imap = imap_timings(
+                        sessions[0],
+                        sighting.arrival.folder,
+                        sighting.search_seconds,
+                        sighting.fetch_seconds,
+                        watcher.searches,
                     )
                     log.info(
                         "found UID %d in %s after %.3f s",
@@ -284,10 +281,4 @@ def run_poll(settings: Settings, deadline: Deadline, pending: Sequence[PendingPr
 
 
 def _poll_timings(session: ImapSession) -> ImapTimings:
-    times = session.times
-    return ImapTimings(
-        connect=times.get("connect"),
-        starttls=times.get("starttls"),
-        login=times.get("login"),
-        searches=session.searches,
-    )
+    return imap_timings(session)

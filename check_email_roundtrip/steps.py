@@ -258,3 +258,22 @@ def hops_of(header: bytes, start: float, settings: Settings) -> tuple[Hop, ...]:
     return read_hops(header, start, settings.verdicts.authserv_id)
 
 
+def imap_timings(
+    session: ImapSession,
+    folder: str | None = None,
+    search: float | None = None,
+    fetch: float | None = None,
+    searches: int | None = None,
+) -> ImapTimings:
+    """What one look into the mailbox cost: the session's sign-in phases,
+    opening ``folder``, the search that found the message and its fetch."""
+    times = session.times
+    return ImapTimings(
+        connect=times.get("connect"),
+        starttls=times.get("starttls"),
+        login=times.get("login"),
+        select=session.select_seconds.get(folder) if folder is not None else None,
+        search=search,
+        fetch=fetch,
+        searches=session.searches if searches is None else searches,
+    )
