@@ -256,8 +256,16 @@ def _trusted(position: int, raw: str, header: "_Header | None", wanted: "str | N
     an id-less one."""
     if wanted is None:
         return position == 0
-    if header is None:
-        return raw.lower().startswith(wanted)
+    if header is None:  # the id as a whole word: "mx.example.test.evil" is not "mx.example.test"
+        text = raw.lstrip().lower()
+        return text.startswith(wanted) and text[len(wanted) : len(wanted) + 1] in (
+            "",
+            ";",
+            " ",
+            "\t",
+            "\r",
+            "\n",
+        )
     return header.authserv_id is not None and header.authserv_id == wanted
 
 

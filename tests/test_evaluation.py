@@ -521,3 +521,18 @@ def test_world_readable_password_file_makes_an_ok_run_a_warning(tmp_path):
     check = evaluate(delivered(), "--smtp-password-file", str(path))
     assert check.state == Warn
     assert check.summary_str == f"SMTP password file {path} is readable by every user (chmod o-r)"
+
+
+@pytest.mark.parametrize(
+    "first_word, ours",
+    [("mx.example.test;", True), ("mx.example.test ", True), ("mx.example.test.evil;", False)],
+)
+def test_a_malformed_header_is_the_receivers_only_when_it_starts_with_its_whole_id(first_word, ours):
+    """With --authserv-id, a header that does not parse is the receiver's (and
+    reported malformed) only when the id stands as a whole word at its start."""
+    from check_email_roundtrip.verdicts import read_verdicts
+
+    auth = read_verdicts(
+        f"Authentication-Results: {first_word} dkim=\r\nSubject: x\r\n\r\n".encode(), "mx.example.test"
+    )
+    assert bool(auth.malformed) is ours
