@@ -5,8 +5,10 @@ print a traceback and exit 1 (WARNING to Nagios); we print one UNKNOWN line
 and exit 3 instead.
 """
 
+import os
 import sys
 import time
+from typing import NoReturn
 
 PACKAGE = __name__.split(".")[0]
 
@@ -29,7 +31,28 @@ def main() -> None:
                 print(f"EMAIL_ROUNDTRIP UNKNOWN - {reason}")
             sys.exit(3)
         raise
-    cli_main(started=started)
+    try:
+        cli_main(started=started)
+    except SystemExit as done:
+        _leave(done)
+
+
+def _leave(done: SystemExit) -> NoReturn:
+    """Exit with the check's code without Python's finalization: tearing
+    down the modules, OpenSSL and every object takes about 25 ms of CPU,
+    a tenth of a round trip, after the result is already printed.  Nothing
+    is lost by skipping it: the output is flushed here, every file the
+    plugin writes is complete and renamed into place before this point, and
+    its threads were joined (the sessions' goodbyes) or are daemons."""
+    code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    if not isinstance(done.code, (int, type(None))):
+        print(done.code, file=sys.stderr)  # what sys.exit("text") would have printed
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass  # a reader gone away: the run still ends with its code (as _emit)
+    os._exit(code)
 
 
 if __name__ == "__main__":
