@@ -18,7 +18,9 @@ DNS names and IP addresses of subjectAltName.  Anything malformed raises
 
 import socket
 from datetime import datetime, timezone
-from typing import NamedTuple, Optional
+from typing import Optional
+
+from .record import Record
 
 # DER tags
 _SEQUENCE, _SET, _OID, _OCTET_STRING, _BOOLEAN = 0x30, 0x31, 0x06, 0x04, 0x01
@@ -41,7 +43,7 @@ class CertificateError(ValueError):
     pass
 
 
-class CertificateFacts(NamedTuple):
+class CertificateFacts(Record):
     not_before: datetime
     not_after: datetime
     subject_cn: Optional[str]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable
 
 import nagiosplugin
 from nagiosplugin.state import Critical, Ok, ServiceState, Unknown, Warn
@@ -38,6 +38,7 @@ from .facts import (
     WatchKind,
 )
 from .memory import Remembered
+from .record import Record
 from .render import SERVICE, Finding, Report
 from .settings import Level, Settings
 
@@ -190,7 +191,7 @@ def timing_metrics(result: ProbeResult) -> Iterator[nagiosplugin.Metric]:
             yield nagiosplugin.Metric(label, seconds(value), uom="s", min=0, context=label)
 
 
-class ServerCertificate(NamedTuple):
+class ServerCertificate(Record):
     """A mail server's certificate as the run found it."""
 
     protocol: str  # SMTP, IMAP

@@ -12,7 +12,9 @@ filter (``output.register_secret``), including tokens obtained at run time.
 """
 
 import enum
-from typing import NamedTuple, Optional, Union
+from typing import Optional, Union
+
+from .record import Record
 
 
 class Secret:
@@ -53,7 +55,7 @@ class Mechanism(enum.Enum):
         return self.value
 
 
-class Password(NamedTuple):
+class Password(Record):
     secret: Secret
     source: str  # where it came from, for -vv: "file /etc/...", "$VARIABLE"
 
@@ -62,7 +64,7 @@ class Password(NamedTuple):
 
 
 # -- where an OAuth2 access token comes from ---------------------------------------------------
-class StaticToken(NamedTuple):
+class StaticToken(Record):
     """A token refreshed by something else: read from a file or the environment."""
 
     secret: Secret
@@ -72,7 +74,7 @@ class StaticToken(NamedTuple):
         return f"access token from {self.source}"
 
 
-class TokenCommand(NamedTuple):
+class TokenCommand(Record):
     """A command that prints a fresh token on its first line (run without a shell)."""
 
     argv: tuple[str, ...]
@@ -83,7 +85,7 @@ class TokenCommand(NamedTuple):
         return f"access token from the command {shlex.join(self.argv)}"
 
 
-class TokenEndpoint(NamedTuple):
+class TokenEndpoint(Record):
     """The built-in grant: client credentials, or refresh token when one is given."""
 
     url: str
@@ -108,7 +110,7 @@ class TokenEndpoint(NamedTuple):
 TokenSource = Union[StaticToken, TokenCommand, TokenEndpoint]
 
 
-class OAuth2(NamedTuple):
+class OAuth2(Record):
     source: TokenSource
 
     def describe(self) -> str:
@@ -118,7 +120,7 @@ class OAuth2(NamedTuple):
 Credential = Union[Password, OAuth2]
 
 
-class Login(NamedTuple):
+class Login(Record):
     user: str
     credential: Credential
     mechanism: Mechanism = Mechanism.PASSWORD

@@ -29,16 +29,17 @@ import binascii
 import email.utils
 import ipaddress
 from email.message import Message
-from typing import Any, NamedTuple
+from typing import Any
 
 from .deadline import Deadline
 from .message import parse_header
+from .record import Record
 from .spf import SPF_LOOKUP_LIMIT, Lookups, count_lookups, evaluate, is_domain_name, shown, spf_records
 
 _LOOKUP_TIMEOUT = 3.0  # seconds per query, less if -t leaves less
 
 
-class DnsFinding(NamedTuple):
+class DnsFinding(Record):
     record: str  # "DKIM key s2026._domainkey.example.test"
     problem: str  # "not published"
 
@@ -46,7 +47,7 @@ class DnsFinding(NamedTuple):
         return f"{self.record} {self.problem}"
 
 
-class DnsReport(NamedTuple):
+class DnsReport(Record):
     findings: tuple[DnsFinding, ...] = ()
     notes: tuple[str, ...] = ()  # what was looked at, for -v
     dmarc_policy: str | None = None

@@ -9,12 +9,12 @@ not a DSN.  Parsing is the standard library's ``email`` package, through
 from __future__ import annotations
 
 import email.message
-from typing import NamedTuple
 
 from .message import parse_message
+from .record import Record
 
 
-class Bounce(NamedTuple):
+class Bounce(Record):
     action: str  # failed, delayed, delivered, relayed, expanded
     status: str  # "5.1.1"
     diagnostic: str  # the remote server's reply, "550 5.1.1 <x>: ... User unknown"

@@ -7,17 +7,18 @@ carries the :class:`~.errors.ProbeError` (a fact about the service) or the
 :class:`~.errors.Stopped` (the ``-t`` budget ran out, or SIGTERM) that ended the run;
 its timings then hold the phases that did complete.
 
-No ``from __future__ import annotations`` here: typing.NamedTuple would
-compile each string annotation at import (README, Design: start-up), so
-the fields say ``Optional[...]``, which Python 3.9 can evaluate.
+Each type is a :class:`~.record.Record`, a named tuple (record.py says why
+not ``typing.NamedTuple`` itself); the fields say ``Optional[...]``, which
+Python 3.9 can evaluate.
 """
 
 import enum
 from datetime import datetime
-from typing import TYPE_CHECKING, NamedTuple, Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 from .errors import LocalError, ProbeError, Stopped
 from .memory import PendingProbe
+from .record import Record
 from .session import PhaseTimes
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ class WatchKind(enum.Enum):
         return self.value
 
 
-class Submission(NamedTuple):
+class Submission(Record):
     final_reply: str
     # Postfix, Exim, Exchange and most others name the queue entry in the final
     # reply; quoting it lets the admin grep the relay's log for this probe.
@@ -49,7 +50,7 @@ class Submission(NamedTuple):
     data_wall: Optional[float] = None  # time.time() when DATA was sent (the log, bench/)
 
 
-class SmtpTimings(NamedTuple):
+class SmtpTimings(Record):
     """Seconds per SMTP phase (see ``smtp.py``); None: did not run or complete."""
 
     connect: Optional[float] = None
@@ -63,7 +64,7 @@ class SmtpTimings(NamedTuple):
         return cls(*(times.get(name) for name in ("connect", "starttls", "auth", "submit", "total")))
 
 
-class ImapTimings(NamedTuple):
+class ImapTimings(Record):
     """One look into the mailbox: what finding the message cost, step by step."""
 
     connect: Optional[float] = None  # TCP (+ TLS for implicit TLS) + greeting
@@ -83,7 +84,7 @@ class ImapTimings(NamedTuple):
         return sum(step for step in steps if step is not None)
 
 
-class Hop(NamedTuple):
+class Hop(Record):
     """One step of a delivered message's way, from its Received chain, oldest
     first: the time between the previous stamp and this one was spent before
     ``by`` (in the previous host's queue, the connection, ``by`` accepting it)."""
@@ -96,7 +97,7 @@ class Hop(NamedTuple):
     trusted: bool  # written by the receiving side: above its Authentication-Results header (hops.py)
 
 
-class Arrival(NamedTuple):
+class Arrival(Record):
     """This run's probe, found."""
 
     folder: str
@@ -107,25 +108,25 @@ class Arrival(NamedTuple):
     hops: tuple[Hop, ...] = ()  # its Received chain as delays
 
 
-class Bounced(NamedTuple):
+class Bounced(Record):
     """A bounce of this run's probe came back."""
 
     bounce: "Bounce"
     after: float  # seconds after MAIL FROM
 
 
-class LateArrival(NamedTuple):
+class LateArrival(Record):
     probe: PendingProbe
     delay: float  # seconds from its MAIL FROM to its INTERNALDATE
     hops: tuple[Hop, ...] = ()  # its Received chain, when its header was read
 
 
-class Housekeeping(NamedTuple):
+class Housekeeping(Record):
     deleted: Optional[bool] = None  # --cleanup: this run's message is gone (None: not asked)
     purged: tuple[tuple[str, int], ...] = ()  # --purge-older-than: (folder, count)
 
 
-class SubmitResult(NamedTuple):
+class SubmitResult(Record):
     marker: str
     smtp: SmtpTimings
     submission: Optional[Submission] = None
@@ -135,7 +136,7 @@ class SubmitResult(NamedTuple):
     tls: "tuple[Handshake, ...]" = ()  # every TLS handshake of the run, in order
 
 
-class RoundtripResult(NamedTuple):
+class RoundtripResult(Record):
     marker: str
     smtp: SmtpTimings
     submission: Optional[Submission] = None
@@ -164,7 +165,7 @@ class RoundtripResult(NamedTuple):
         return self.arrival.roundtrip if self.arrival else None
 
 
-class PollResult(NamedTuple):
+class PollResult(Record):
     since: datetime  # start of the window (UTC)
     imap: Optional[ImapTimings] = None
     matches: Optional[int] = None  # messages matching in the window

@@ -45,11 +45,11 @@ from __future__ import annotations
 import logging
 import math
 from datetime import datetime, timezone
-from typing import NamedTuple
 
 from .facts import Hop
 from .message import header_fields, parse_header
 from .output import LOGGER
+from .record import Record
 
 log = logging.getLogger(LOGGER)
 
@@ -61,7 +61,7 @@ MAX_NAME = 80  # characters of a host or protocol name kept
 _CLAUSES = frozenset({"from", "by", "via", "with", "id", "for"})
 
 
-class Stamp(NamedTuple):
+class Stamp(Record):
     """One Received header, read."""
 
     by: str  # "" when it names none

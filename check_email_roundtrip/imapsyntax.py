@@ -19,7 +19,9 @@ import binascii
 import datetime
 import re
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
+
+from .record import Record
 
 # RFC 3501 "date" and "date-time"; month names are English whatever the locale.
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -172,7 +174,7 @@ class SearchKeys:
         return self
 
 
-class FetchResponse(NamedTuple):
+class FetchResponse(Record):
     """One untagged FETCH response: its items as text (every part outside
     literals, in order) and its first literal."""
 

@@ -23,10 +23,11 @@ import math
 import os
 import re
 import time
-from typing import Any, NamedTuple, Optional
+from typing import Any, Optional
 
 from .deadline import Deadline
 from .files import FileLock, read_private, write_private
+from .record import Record
 
 FORMAT = "check_email_roundtrip state"  # the "format" key: a file we wrote
 STATE_VERSION = 2
@@ -37,7 +38,7 @@ MAX_STATE_BYTES = 1024 * 1024
 EARLIEST = 946684800.0  # 2000-01-01
 
 
-class PendingProbe(NamedTuple):
+class PendingProbe(Record):
     marker: str
     sent_at: float  # epoch seconds when MAIL FROM was sent
     queue_id: Optional[str] = None
@@ -64,7 +65,7 @@ class Memory:
         self.dropped = dropped  # entries that made no sense, dropped when read
 
 
-class Change(NamedTuple):
+class Change(Record):
     """What one run adds to the memory."""
 
     arrived: tuple[str, ...] = ()  # markers of earlier probes found late
@@ -74,7 +75,7 @@ class Change(NamedTuple):
     slow: Optional[bool] = None  # None leaves the streak as it is
 
 
-class Remembered(NamedTuple):
+class Remembered(Record):
     """What the state file says after this run was merged into it."""
 
     slow_streak: int = 0

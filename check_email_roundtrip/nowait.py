@@ -29,13 +29,14 @@ import logging
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from .facts import Arrival, Bounced, LateArrival, WatchKind
 from .imapsyntax import SearchKeys
 from .memory import PendingProbe
 from .message import Kind, classify
 from .output import LOGGER
+from .record import Record
 
 if TYPE_CHECKING:
     from .imap import ImapSession
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(LOGGER)
 
 
-class Found(NamedTuple):
+class Found(Record):
     """An earlier probe's message, or a bounce of it, where it was found."""
 
     watch: Watch

@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from .credentials import Login, Password, Secret, StaticToken, TokenCommand, TokenEndpoint, TokenSource
 from .deadline import Deadline
@@ -40,6 +40,7 @@ from .errors import LocalError, Phase, ProbeError
 from .files import FileLock, read_private, write_private
 from .mask import register_secret
 from .net import connect_tcp, connection_error
+from .record import Record
 
 if TYPE_CHECKING:
     from .session import Reach
@@ -57,7 +58,7 @@ ERROR_HINTS = {
 }
 
 
-class Obtained(NamedTuple):
+class Obtained(Record):
     token: Secret
     requested: float | None  # seconds spent asking the endpoint or the command; None: from the cache
 

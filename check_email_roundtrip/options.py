@@ -10,7 +10,7 @@ with the reason in the user's terms.
 
 import enum
 from collections.abc import Mapping
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Optional
 
 from .converters import (
     cert_days,
@@ -29,6 +29,7 @@ from .converters import (
 from .credentials import Mechanism
 from .deadline import DEFAULT_STEP_TIMEOUT
 from .providers import Provider
+from .record import Record
 from .settings import Level, Mode, OutputFormat, Security
 
 SMTP_PASSWORD_ENV = "CHECK_EMAIL_ROUNDTRIP_SMTP_PASSWORD"
@@ -73,7 +74,7 @@ class Kind(enum.Enum):
     COUNT = "count"  # -v, -vv, -vvv
 
 
-class Option(NamedTuple):
+class Option(Record):
     flags: tuple[str, ...]
     help: str
     kind: Kind = Kind.VALUE
@@ -93,7 +94,7 @@ class Option(NamedTuple):
 
 
 # -- the SMTP and IMAP family, written once ---------------------------------------------------------
-class ServerFamily(NamedTuple):
+class ServerFamily(Record):
     name: str  # "smtp": the option prefix
     title: str  # "SMTP"
     default_ports: Mapping[Security, int]
@@ -166,7 +167,7 @@ IMAP_FAMILY = ServerFamily(
 SERVER_FAMILIES = (SMTP_FAMILY, IMAP_FAMILY)
 
 
-class Group(NamedTuple):
+class Group(Record):
     title: Optional[str]
     options: tuple[Option, ...]
 

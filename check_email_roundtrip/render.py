@@ -12,7 +12,9 @@ in the format asked for.
 
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from .record import Record
 
 if TYPE_CHECKING:
     from nagiosplugin.performance import Performance
@@ -28,7 +30,7 @@ PLUGIN = "check_email_roundtrip"
 _PIPE_STANDIN = "\u00a6"  # broken bar
 
 
-class Finding(NamedTuple):
+class Finding(Record):
     """One fact as the evaluation judged it: the metric's name and context,
     its state, the words for it (as the Nagios text prints them), its value."""
 
@@ -39,7 +41,7 @@ class Finding(NamedTuple):
     value: Any
 
 
-class Report(NamedTuple):
+class Report(Record):
     state: "ServiceState"
     summary: str  # the first line's reason
     details: tuple[str, ...]  # the lines below it

@@ -27,13 +27,14 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, BinaryIO, Callable, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, BinaryIO, Callable, ClassVar
 
 from .deadline import MIN_SOCKET_TIMEOUT, Deadline
 from .errors import OverLimit, Phase, ProbeError, StepExpired
 from .mask import mask
 from .net import connect_tcp, connection_error
 from .output import LOGGER
+from .record import Record
 from .settings import Endpoint, Security
 from .tls import OldTlsOnly, TlsClient
 
@@ -52,7 +53,7 @@ TLS_LOOK = 3.0
 TRACE_LINE_LIMIT = 300
 
 
-class Reach(NamedTuple):
+class Reach(Record):
     """How a run reaches its servers, the same for every connection it makes
     (both mail sessions and the token request): its time budget, the one TLS
     client, the protocol trace (-vvv), the address family (-4/-6)."""

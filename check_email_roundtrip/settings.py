@@ -4,22 +4,23 @@ Nothing below the CLI looks at ``argparse`` or the environment: the probe and
 the nagiosplugin layer get a :class:`Settings` (or the part of it they need).
 Everything here is frozen: a run cannot change its own configuration.
 
-No ``from __future__ import annotations`` here: typing.NamedTuple would
-compile each string annotation at import (README, Design: start-up), so
-the fields say ``Optional[...]``, which Python 3.9 can evaluate.
+Each type is a :class:`~.record.Record`, a named tuple (record.py says why
+not ``typing.NamedTuple`` itself); the fields say ``Optional[...]``, which
+Python 3.9 can evaluate.
 """
 
 import enum
 from collections.abc import Mapping
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import nagiosplugin
 
 from .credentials import Login
 from .policy import AuthPolicy
+from .record import Record
 
 
-class TlsConfig(NamedTuple):
+class TlsConfig(Record):
     """What the user asked for: whom to trust, or not to verify at all, and
     the oldest TLS version that is fine (older is a WARNING, not a refusal)."""
 
@@ -28,7 +29,7 @@ class TlsConfig(NamedTuple):
     minimum: str = "1.2"  # --tls-min
 
 
-class CertDays(NamedTuple):
+class CertDays(Record):
     """--cert-days: days of certificate validity left below which the run is
     WARNING / CRITICAL; ``None`` (--cert-days 0): reported, never a state."""
 
@@ -75,7 +76,7 @@ class Level(enum.Enum):
         return self.value
 
 
-class Endpoint(NamedTuple):
+class Endpoint(Record):
     """One server the probe talks to, how, and as whom."""
 
     host: str
@@ -91,7 +92,7 @@ class Endpoint(NamedTuple):
         return f"{self.host}:{self.port} ({self.security})"
 
 
-class PollCriteria(NamedTuple):
+class PollCriteria(Record):
     """Poll mode: what mail somebody else sends must look like, and since when."""
 
     subject: Optional[str]
@@ -108,14 +109,14 @@ class PollCriteria(NamedTuple):
         return " and ".join(part for part in parts if part)
 
 
-class BounceWatch(NamedTuple):
+class BounceWatch(Record):
     """Where bounces of the probe arrive: the sender's mailbox and folder."""
 
     endpoint: Endpoint
     folder: str
 
 
-class Thresholds(NamedTuple):
+class Thresholds(Record):
     """-w/-c on the mode's headline figure, and the per-phase budgets."""
 
     # on the round trip (roundtrip mode), the whole SMTP session (submit mode)
@@ -127,7 +128,7 @@ class Thresholds(NamedTuple):
     cert_days: Optional[CertDays] = CertDays(21.0, 7.0)
 
 
-class Memory(NamedTuple):
+class Memory(Record):
     """Memory across runs (roundtrip mode)."""
 
     state_file: Optional[str] = None  # None: --no-state
@@ -135,7 +136,7 @@ class Memory(NamedTuple):
     escalate_after: Optional[int] = None  # consecutive not-OK round trips before CRITICAL
 
 
-class Elsewhere(NamedTuple):
+class Elsewhere(Record):
     """Where else the probe may land, and clean-up (roundtrip mode)."""
 
     junk_folder: Optional[str] = None  # None: the \\Junk special-use folder, if any
@@ -151,7 +152,7 @@ class Elsewhere(NamedTuple):
         return self.cleanup or self.purge_days is not None
 
 
-class Verdicts(NamedTuple):
+class Verdicts(Record):
     """The receiver's verdicts and the DNS behind them (roundtrip mode)."""
 
     authserv_id: Optional[str] = None
@@ -161,14 +162,14 @@ class Verdicts(NamedTuple):
     dns_finding_state: Level = Level.WARNING
 
 
-class Outputs(NamedTuple):
+class Outputs(Record):
     """Where the run's result goes besides the exit code."""
 
     format: OutputFormat = OutputFormat.TEXT  # --output
     prometheus_textfile: Optional[str] = None  # also written there (textfile.py)
 
 
-class Settings(NamedTuple):
+class Settings(Record):
     mode: Mode
     smtp: Optional[Endpoint]  # None in poll mode
     imap: Optional[Endpoint]  # None in submit mode

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any, NamedTuple, Protocol, Union
+from typing import Any, Protocol, Union
+
+from .record import Record
 
 SPF_LOOKUP_LIMIT = 10  # RFC 7208 4.6.4
 _EVALUATION_BUDGET = 30  # lookups we spend ourselves before giving up ("cannot tell")
@@ -85,7 +87,7 @@ _TOPLABEL = re.compile(r"[a-z0-9]*[a-z][a-z0-9]*|[a-z0-9]+-[a-z0-9-]*[a-z0-9]", 
 _VISIBLE = re.compile(r"[!-~]*")
 
 
-class SpfTerm(NamedTuple):
+class SpfTerm(Record):
     """One directive or modifier of an SPF record, checked."""
 
     text: str  # as written

@@ -27,11 +27,11 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from typing import NamedTuple
 
 from .check import SECONDS_LABELS
 from .files import read_private, write_private
 from .memory import EARLIEST
+from .record import Record
 from .render import Report
 from .settings import Settings
 
@@ -40,7 +40,7 @@ MAX_PREVIOUS_BYTES = 256 * 1024  # what is read back of the previous file
 LAST_SUCCESS = "email_roundtrip_last_success_timestamp_seconds"
 
 
-class Family(NamedTuple):
+class Family(Record):
     name: str
     type: str  # gauge or counter
     help: str

@@ -19,11 +19,12 @@ import socket
 import threading
 import time
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, cast
+from typing import TYPE_CHECKING, Any, Callable, Optional, cast
 
 from .errors import Phase, ProbeError
 from .net import connection_error, ssl_reason
 from .output import LOGGER
+from .record import Record
 from .settings import TlsConfig
 
 if TYPE_CHECKING:  # ssl is imported where a handshake needs it: a run that fails first never loads it
@@ -45,7 +46,7 @@ PLAIN_TEXT_ANSWERS = {
 }
 
 
-class Handshake(NamedTuple):
+class Handshake(Record):
     """What one handshake taught about a server."""
 
     protocol: str  # "SMTP", "IMAP" or "HTTPS"

@@ -25,10 +25,11 @@ can only be trusted as the topmost one: it names no receiver to match.
 
 import re
 from collections.abc import Sequence
-from typing import Any, NamedTuple, Optional
+from typing import Any, Optional
 
 from .message import header_values, parse_header
 from .policy import METHODS, NOT_EVALUATED, RESULT_WORDS
+from .record import Record
 
 # Property values not worth a line (the signature's first bytes).
 _HIDDEN_PROPERTIES = {("header", "b")}
@@ -59,7 +60,7 @@ _UNQUOTED_IPV6 = re.compile(r"(\.[a-z0-9_-]+\s*=\s*)([0-9a-f]*:[0-9a-f:.]*)(?=[\
 _NO_ID = "no-authserv-id.invalid"
 
 
-class Verdict(NamedTuple):
+class Verdict(Record):
     method: str
     result: str  # lowercase RFC 8601 result, or NOT_EVALUATED
     details: tuple[str, ...] = ()  # "header.d=example.test", "p=quarantine"
@@ -75,7 +76,7 @@ class Verdict(NamedTuple):
         return f"{self.method}={self.result}{details}"
 
 
-class AuthVerdicts(NamedTuple):
+class AuthVerdicts(Record):
     authserv_id: Optional[str]  # of the trusted header(s); None when there is none
     verdicts: dict[str, Verdict]  # every method of METHODS, in that order
     header_found: bool  # the receiver wrote an Authentication-Results header
@@ -93,7 +94,7 @@ class AuthVerdicts(NamedTuple):
         return self._replace(verdicts=verdicts)
 
 
-class _Result(NamedTuple):
+class _Result(Record):
     """One method's result as the header states it."""
 
     method: str  # lowercase
@@ -103,7 +104,7 @@ class _Result(NamedTuple):
     comments: tuple[str, ...]  # the receiver's comments in this result's part
 
 
-class _Header(NamedTuple):
+class _Header(Record):
     authserv_id: Optional[str]  # lowercase; None for the id-less form
     results: tuple[_Result, ...]
 

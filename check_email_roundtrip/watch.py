@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
 
 from .deadline import SOCKET_MARGIN, Deadline
 from .errors import Phase
@@ -30,6 +29,7 @@ from .imap import ImapSession
 from .imapsyntax import SearchKeys
 from .message import Kind, classify
 from .output import LOGGER
+from .record import Record
 
 log = logging.getLogger(LOGGER)
 
@@ -61,7 +61,7 @@ class Watch:
         self.classified: set[int] = set()  # UIDs already looked at
 
 
-class Sighting(NamedTuple):
+class Sighting(Record):
     """What one round of looking found (at most one of the two)."""
 
     arrival: Arrival | None = None
