@@ -158,6 +158,10 @@ class ImapSession(Session):
         self.writable = False  # ... with SELECT rather than EXAMINE
         self.select_seconds: dict[str, float] = {}  # folder -> its last SELECT/EXAMINE
         self.searches = 0
+        # the last search's response announced new messages (* n EXISTS):
+        # Dovecot syncs the folder at the end of a command, so a message that
+        # arrived during a search is announced by it but found by the next
+        self.announced_new = False
         self.challenge: bytes | None = None  # a token mechanism's failure challenge
 
     @property
@@ -297,6 +301,8 @@ class ImapSession(Session):
         """UIDs matching a UID SEARCH in the open folder."""
         data = self._uid(Phase.IMAP_SEARCH, "SEARCH", *keys.keys)
         self.searches += 1
+        _, exists = self.client.response("EXISTS")  # taken, so that each search reports its own
+        self.announced_new = any(item is not None for item in exists or ())
         words = b" ".join(part for part in data if isinstance(part, bytes)).split()
         return [int(word) for word in words if word.isdigit()]
 

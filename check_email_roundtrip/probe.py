@@ -101,7 +101,7 @@ def _roundtrip(
             watcher = Watcher(watches)
             draft.submission, draft.goodbye = send(settings, smtp_session, draft.marker)
             mail_from_at = draft.submission.mail_from_at
-            sighting = watcher.wait(draft.marker, mail_from_at, settings.wait, reach.deadline)
+            sighting = watcher.wait(draft.marker, mail_from_at, settings.wait, reach.deadline, _load_readers)
             log.info("IMAP searches: %d", watcher.searches)
             if sighting is None:
                 draft.not_delivered_within = settings.wait
@@ -207,6 +207,21 @@ def look_for_pending(
         elif now - probe.sent_at > settings.memory.lost_after:
             draft.lost.append(probe)
             log.info("%s not arrived after %.0f s: lost", probe.describe(), now - probe.sent_at)
+
+
+def _load_readers() -> None:
+    """Load what reading a found probe takes (its hops, its verdicts and
+    authres, the certificate facts) in the first pause of the wait, while the
+    MTA is still delivering, not after the probe was found: about 6 ms off
+    the round trip's wall time, nothing off its CPU.  A module that fails to
+    load fails again where it is used, and is reported there."""
+    import importlib
+
+    for name in (".hops", ".verdicts", ".certinfo", "authres"):
+        try:
+            importlib.import_module(name, __package__)
+        except ImportError:
+            pass
 
 
 def _read_receiver_side(settings: Settings, deadline: Deadline, draft: Draft) -> None:

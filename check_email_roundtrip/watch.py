@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from .deadline import SOCKET_MARGIN, Deadline
 from .errors import Phase
@@ -130,12 +130,22 @@ class Watcher:
                     )
         return Sighting()
 
-    def wait(self, marker: str, submitted_at: float, wait: float, deadline: Deadline) -> Sighting | None:
+    def wait(
+        self,
+        marker: str,
+        submitted_at: float,
+        wait: float,
+        deadline: Deadline,
+        idle: Callable[[], None] | None = None,
+    ) -> Sighting | None:
         """Look until the probe or a bounce is seen, or ``wait`` seconds after
         MAIL FROM (None).  The round trip is taken when the search answered,
-        not after a sleep."""
+        not after a sleep.  ``idle`` runs once, in the first pause between
+        searches (and counts against it): work the run needs later, done
+        while the MTA is still delivering."""
         wait_ends = submitted_at + wait
         intervals = poll_intervals()
+        again = False
         while True:
             if deadline.remaining() <= SOCKET_MARGIN:
                 # -t ends before --wait: no search could finish in time; the
@@ -149,9 +159,24 @@ class Watcher:
             now = time.monotonic()
             if now >= wait_ends:
                 return None
+            # a search that announced new messages but found none is repeated
+            # at once (once: a busy folder must not turn polling into a loop)
+            again = not again and self.announced_new()
+            if again:
+                continue
             deadline.enter(Phase.DELIVERY)
-            time.sleep(min(next(intervals), wait_ends - now, max(deadline.remaining(), 0)))
+            pause = min(next(intervals), wait_ends - now, max(deadline.remaining(), 0))
+            if idle is not None:
+                idle()
+                idle = None
+                pause -= time.monotonic() - now
+            if pause > 0:
+                time.sleep(pause)
             deadline.check()
+
+    def announced_new(self) -> bool:
+        """Whether the last round's searches were told of new messages."""
+        return any(watch.session.announced_new for watch in self.home.values())
 
     @property
     def searches(self) -> int:
