@@ -44,9 +44,12 @@ def _leave(done: SystemExit) -> NoReturn:
     is lost by skipping it: the output is flushed here, every file the
     plugin writes is complete and renamed into place before this point, and
     its threads were joined (the sessions' goodbyes) or are daemons."""
-    code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
-    if not isinstance(done.code, (int, type(None))):
-        print(done.code, file=sys.stderr)  # what sys.exit("text") would have printed
+    code = done.code
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        print(code, file=sys.stderr)  # what sys.exit("text") would have printed
+        code = 1
     try:
         sys.stdout.flush()
         sys.stderr.flush()
