@@ -22,13 +22,10 @@ def resolve(host: str, port: int, timeout: float, phase: Phase, family: int = so
     def lookup() -> list[Any]:
         return socket.getaddrinfo(name, port, family, socket.SOCK_STREAM)
 
-    # A literal address goes to getaddrinfo as bytes: given a str, the socket
-    # module IDNA-encodes it first, and that codec costs a start-up 1.5 ms
-    # (stringprep, unicodedata) that a fail-fast run would pay for nothing.
-    name: str | bytes = host.encode("ascii") if _is_address(host) else host
+    name = wire_name(host)
 
     try:
-        if isinstance(name, bytes):
+        if _is_address(host):
             return lookup()
         outcome: dict[str, Any] = {}
 
@@ -59,6 +56,35 @@ def resolve(host: str, port: int, timeout: float, phase: Phase, family: int = so
         raise ProbeError(phase, f"failed: cannot resolve host name {host} ({exc.strerror})") from None
     except UnicodeError:
         raise ProbeError(phase, f"failed: invalid host name {host!r}") from None
+
+
+def wire_name(host: str) -> str | bytes:
+    """``host`` as getaddrinfo and ssl's server_hostname are given it.
+
+    Given a str, both IDNA-encode it first, and loading that codec
+    (stringprep, unicodedata) costs 1.5-2 ms of every run, on the way to the
+    first connect; for an ASCII name the codec only checks the labels'
+    lengths and returns the same bytes, so an ASCII name goes as those bytes.
+    Any other name (an internationalized one, or one the codec refuses) goes
+    as it is, for the codec to encode or refuse in its own words."""
+    if host.isascii():
+        try:
+            return _ascii_name(host)
+        except UnicodeError:
+            pass
+    return host
+
+
+def _ascii_name(host: str) -> bytes:
+    """What the IDNA codec makes of an ASCII host name: the same bytes, once
+    no label is empty or over 63 characters (a trailing dot is fine)."""
+    name = host.encode("ascii")
+    labels = name.split(b".")
+    if labels[-1] == b"" and len(labels) > 1:
+        labels.pop()
+    if not name or any(not 0 < len(label) < 64 for label in labels):
+        raise UnicodeError("label empty or too long")
+    return name
 
 
 def _resolves(host: str, port: int, timeout: float, phase: Phase) -> bool:

@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Optional, cast
 
 from .errors import Phase, ProbeError
-from .net import connection_error, ssl_reason
+from .net import connection_error, ssl_reason, wire_name
 from .output import LOGGER
 from .record import Record
 from .settings import TlsConfig
@@ -208,7 +208,7 @@ class TlsClient:
         address = _peer_address(sock)
         old_tls = (host, port) in self.old_tls
         try:
-            tls = self.context(verify, old_tls).wrap_socket(sock, server_hostname=host)
+            tls = self.context(verify, old_tls).wrap_socket(sock, server_hostname=wire_name(host))
         except (OSError, ssl.SSLError) as exc:
             timeout = sock.gettimeout() or 0.0
             sock.close()
@@ -263,7 +263,7 @@ class TlsClient:
 
         try:
             with socket.create_connection((host, port), timeout=timeout) as raw:
-                with self.peek_context().wrap_socket(raw, server_hostname=host):
+                with self.peek_context().wrap_socket(raw, server_hostname=wire_name(host)):
                     return True
         except ssl.SSLError as exc:
             # an alert is TLS too (a server that wants SNI or a client certificate)
@@ -276,7 +276,7 @@ class TlsClient:
         point where the handshake starts), unverified; the socket is closed.
         For saying why a verified handshake refused it.  None if that fails."""
         try:
-            with sock, self.peek_context().wrap_socket(sock, server_hostname=host) as tls:
+            with sock, self.peek_context().wrap_socket(sock, server_hostname=wire_name(host)) as tls:
                 return tls.getpeercert(binary_form=True)
         except OSError:
             return None

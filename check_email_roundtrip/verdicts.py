@@ -353,3 +353,25 @@ def read_verdicts(header_block: bytes, authserv_id: "str | None" = None) -> Auth
         ignored=tuple(ignored),
         sender_ip=_sender_ip(trusted_raw),
     )
+
+
+# A header in the shape receivers write (rspamd's wording, RFC 8601's
+# examples): comments, the properties of each method, a signature stub.
+_SAMPLE_HEADER = (
+    b"Authentication-Results: mx.example.net;\r\n"
+    b"\tdkim=pass header.d=example.net header.s=s1 header.b=AbCd1234;\r\n"
+    b"\tdmarc=pass (policy=reject) header.from=example.net;\r\n"
+    b"\tspf=pass (mx.example.net: domain of a@example.net designates 192.0.2.1 as permitted sender)"
+    b" smtp.mailfrom=a@example.net\r\n"
+    b"Received: from mail.example.net (mail.example.net [192.0.2.1])\r\n"
+    b"\tby mx.example.net (Postfix) with ESMTPS id 4AbCdE; Tue, 1 Dec 2026 10:00:00 +0000 (UTC)\r\n\r\n"
+)
+
+
+def warm_up() -> None:
+    """Read one made-up header and throw the answer away.  The first parse
+    in a process loads authres's features and compiles the few dozen regular
+    expressions it parses with (about 3 ms here, a later parse 0.8 ms); the
+    round trip does this in the wait's first pause, while the MTA delivers,
+    so that the found probe's header is read at the later speed."""
+    read_verdicts(_SAMPLE_HEADER)

@@ -4,6 +4,7 @@ import pytest
 
 from check_email_roundtrip.errors import Phase, ProbeError
 from check_email_roundtrip.imapsyntax import quote_mailbox
+from check_email_roundtrip.net import resolve, wire_name
 from check_email_roundtrip.smtp import parse_queue_id
 
 
@@ -128,3 +129,44 @@ def test_openssl_reasons_are_named_whatever_python_build_raised_them(reason, mes
     error = ssl.SSLError(1, message)
     error.reason = reason
     assert ssl_reason(error) == name
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "localhost",
+        "mail.example.test",
+        "MX.Example.Test.",
+        "127.0.0.1",
+        "::1",
+        "fe80::1%eth0",
+        "a" * 63 + ".test",
+    ],
+)
+def test_an_ascii_host_name_goes_out_as_the_idna_codec_would_send_it(host):
+    # the resolver and ssl get these bytes instead of the str they would
+    # IDNA-encode (loading the codec costs every run 1.5-2 ms)
+    assert wire_name(host) == host.encode("idna")
+
+
+@pytest.mark.parametrize("host", ["bücher.example", "a..b", "a" * 64 + ".test", "."])
+def test_a_name_the_codec_must_judge_is_left_to_it(host):
+    assert wire_name(host) == host
+
+
+def test_an_empty_label_is_an_invalid_host_name_not_a_traceback():
+    with pytest.raises(ProbeError, match=r"SMTP connect failed: invalid host name 'a\.\.b'"):
+        resolve("a..b", 25, 1.0, Phase.SMTP_CONNECT)
+
+
+def test_the_sample_header_warms_up_the_verdicts_it_resembles():
+    # what the wait's first pause parses must be a header authres reads in
+    # full, else the first real one pays the compile cost again
+    from check_email_roundtrip.verdicts import _SAMPLE_HEADER, read_verdicts
+
+    verdicts = read_verdicts(_SAMPLE_HEADER)
+    assert verdicts.malformed is None and not verdicts.ignored
+    assert {m: v.result for m, v in verdicts.verdicts.items() if m != "arc"} == dict.fromkeys(
+        ("spf", "dkim", "dmarc"), "pass"
+    )
+    assert verdicts.sender_ip == "192.0.2.1"
