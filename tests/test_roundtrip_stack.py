@@ -475,6 +475,10 @@ def test_the_side_by_side_sign_ins_log_in_protocol_order(stack):
     assert len(sign_in) > 5 and set(sign_in) == {"IMAP"}, run.stdout
     # the SMTP lines come as one block up to the goodbye, searches after it
     assert any(line.startswith("IMAP localhost:") and "UIDNEXT" in line for line in run.lines[:200])
+    # LOGOUT, said in the background while the found header is read, is
+    # still said, answered, and logged last
+    imap_lines = [line for line in run.lines if line.startswith("IMAP ")]
+    assert imap_lines[-2].endswith(" LOGOUT") and imap_lines[-1].startswith("IMAP < * BYE"), run.stdout
 
 
 def test_t_shorter_than_wait_ends_in_time_naming_the_wait(stack, held_queue):
