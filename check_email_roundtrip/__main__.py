@@ -5,10 +5,15 @@ print a traceback and exit 1 (WARNING to Nagios); we print one UNKNOWN line
 and exit 3 instead.
 """
 
+from __future__ import annotations
+
 import os
 import sys
 import time
-from typing import NoReturn
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without loading typing (see record.py)
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 PACKAGE = __name__.split(".")[0]
 

@@ -13,11 +13,14 @@ import argparse
 import re
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from . import __version__
 from .converters import text
 from .options import IMAP_PASSWORD_ENV, OPTION_GROUPS, SMTP_PASSWORD_ENV, Kind, Option, UsageError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without loading typing (see record.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 NEGATIVE_NUMBER = re.compile(r"^-\.?\d")
 

@@ -16,9 +16,10 @@ DNS names and IP addresses of subjectAltName.  Anything malformed raises
 :class:`CertificateError`.
 """
 
+from __future__ import annotations
+
 import socket
 from datetime import datetime, timezone
-from typing import Optional
 
 from .record import Record
 
@@ -46,8 +47,8 @@ class CertificateError(ValueError):
 class CertificateFacts(Record):
     not_before: datetime
     not_after: datetime
-    subject_cn: Optional[str]
-    issuer_cn: Optional[str]
+    subject_cn: str | None
+    issuer_cn: str | None
     self_issued: bool  # subject and issuer are the same name (self-signed, as a rule)
     dns_names: tuple[str, ...]
     ip_addresses: tuple[str, ...]
@@ -59,7 +60,7 @@ class CertificateFacts(Record):
             names = (self.subject_cn,)
         return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "") or "(no name)"
 
-    def days_left(self, now: "datetime | None" = None) -> float:
+    def days_left(self, now: datetime | None = None) -> float:
         now = now or datetime.now(timezone.utc)
         return (self.not_after - now).total_seconds() / 86400
 
@@ -111,7 +112,7 @@ def _time(tag: int, value: bytes) -> datetime:
         raise CertificateError(f"time does not parse: {text!r}") from None
 
 
-def _common_name(name: bytes) -> "str | None":
+def _common_name(name: bytes) -> str | None:
     for _, rdn in _children(name):
         for _, attribute in _children(rdn):
             parts = _children(attribute)

@@ -21,28 +21,22 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Callable
 
 import nagiosplugin
 from nagiosplugin.state import Critical, Ok, ServiceState, Unknown, Warn
 
 from .errors import LocalError
-from .facts import (
-    Hop,
-    PollResult,
-    ProbeResult,
-    RoundtripResult,
-    SmtpTimings,
-    Submission,
-    SubmitResult,
-    WatchKind,
-)
+from .facts import Hop, PollResult, RoundtripResult, SmtpTimings, Submission, SubmitResult, WatchKind
 from .memory import Remembered
 from .record import Record
 from .render import SERVICE, Finding, Report
 from .settings import Level, Settings
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without loading typing (see record.py)
 if TYPE_CHECKING:
+    from typing import Any, Callable
+
+    from .facts import ProbeResult
     from .tls import Handshake
     from .verdicts import AuthVerdicts
 

@@ -14,11 +14,10 @@ import os
 import socket
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
 
 from .argv import build_parser
 from .converters import nagios_range
-from .credentials import Login, Mechanism, Password, TokenSource
+from .credentials import Login, Mechanism, Password
 from .errors import Stopped
 from .logins import login_for, read_password, token_source
 from .mask import mask, register_secret
@@ -56,6 +55,12 @@ from .settings import (
     Verdicts,
 )
 from .tls import load_ca_file
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without loading typing (see record.py)
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
+
+    from .credentials import TokenSource
 
 UNKNOWN = 3
 __all__ = [

@@ -7,9 +7,12 @@ from __future__ import annotations
 import argparse
 import enum
 import math
-from typing import Any, Callable
 
 import nagiosplugin
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without loading typing (see record.py)
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 # Longest duration any option takes (a year): beyond it a float still parses
 # but time arithmetic overflows, and no check waits that long.

@@ -11,10 +11,15 @@ secret text, in every form it travels in, is registered with the output
 filter (``output.register_secret``), including tokens obtained at run time.
 """
 
+from __future__ import annotations
+
 import enum
-from typing import Optional, Union
 
 from .record import Record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without loading typing (see record.py)
+if TYPE_CHECKING:
+    from typing import Union
 
 
 class Secret:
@@ -92,8 +97,8 @@ class TokenEndpoint(Record):
     client_id: str
     client_secret: Secret
     client_secret_source: str
-    scope: Optional[str]
-    refresh_token_file: Optional[str]
+    scope: str | None
+    refresh_token_file: str | None
     cache_file: str  # the cached access token, 0600, in the state directory
 
     @property
@@ -107,7 +112,8 @@ class TokenEndpoint(Record):
         )
 
 
-TokenSource = Union[StaticToken, TokenCommand, TokenEndpoint]
+if TYPE_CHECKING:
+    TokenSource = Union[StaticToken, TokenCommand, TokenEndpoint]
 
 
 class OAuth2(Record):
@@ -117,7 +123,8 @@ class OAuth2(Record):
         return self.source.describe()
 
 
-Credential = Union[Password, OAuth2]
+if TYPE_CHECKING:
+    Credential = Union[Password, OAuth2]
 
 
 class Login(Record):

@@ -30,9 +30,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any, Callable
 
 from .errors import Interrupted, Phase, RunTimeout
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without loading typing (see record.py)
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 # How much earlier than the -t budget a step gives up, so its own error
 # (with the server's phase and cause) wins over the global alarm.

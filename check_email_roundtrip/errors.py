@@ -10,8 +10,9 @@ ProbeError into a CRITICAL result whose text is ``str(error)``.
 imaplib's) can swallow the end of the ``-t`` budget.
 """
 
+from __future__ import annotations
+
 import enum
-from typing import Optional
 
 from .mask import mask
 
@@ -57,7 +58,7 @@ class ProbeError(Exception):
         self,
         phase: Phase,
         reason: str,
-        code: Optional[int] = None,
+        code: int | None = None,
         server_text: str = "",
     ):
         self.phase = phase

@@ -8,20 +8,23 @@ carries the :class:`~.errors.ProbeError` (a fact about the service) or the
 its timings then hold the phases that did complete.
 
 Each type is a :class:`~.record.Record`, a named tuple (record.py says why
-not ``typing.NamedTuple`` itself); the fields say ``Optional[...]``, which
-Python 3.9 can evaluate.
+not ``typing.NamedTuple`` itself).
 """
+
+from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import TYPE_CHECKING, Optional, Union
 
 from .errors import LocalError, ProbeError, Stopped
 from .memory import PendingProbe
 from .record import Record
 from .session import PhaseTimes
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without loading typing (see record.py)
 if TYPE_CHECKING:
+    from typing import Union
+
     from .dnscheck import DnsReport
     from .dsn import Bounce
     from .tls import Handshake
@@ -43,40 +46,40 @@ class Submission(Record):
     final_reply: str
     # Postfix, Exim, Exchange and most others name the queue entry in the final
     # reply; quoting it lets the admin grep the relay's log for this probe.
-    queue_id: Optional[str]
+    queue_id: str | None
     # when MAIL FROM was sent: the round trip starts here
     mail_from_at: float  # time.monotonic()
     mail_from_wall: float  # time.time(), for later runs and the log
-    data_wall: Optional[float] = None  # time.time() when DATA was sent (the log, bench/)
+    data_wall: float | None = None  # time.time() when DATA was sent (the log, bench/)
 
 
 class SmtpTimings(Record):
     """Seconds per SMTP phase (see ``smtp.py``); None: did not run or complete."""
 
-    connect: Optional[float] = None
-    starttls: Optional[float] = None
-    auth: Optional[float] = None
-    submit: Optional[float] = None
-    total: Optional[float] = None
+    connect: float | None = None
+    starttls: float | None = None
+    auth: float | None = None
+    submit: float | None = None
+    total: float | None = None
 
     @classmethod
-    def of(cls, times: PhaseTimes) -> "SmtpTimings":
+    def of(cls, times: PhaseTimes) -> SmtpTimings:
         return cls(*(times.get(name) for name in ("connect", "starttls", "auth", "submit", "total")))
 
 
 class ImapTimings(Record):
     """One look into the mailbox: what finding the message cost, step by step."""
 
-    connect: Optional[float] = None  # TCP (+ TLS for implicit TLS) + greeting
-    starttls: Optional[float] = None
-    login: Optional[float] = None
-    select: Optional[float] = None  # opening the folder the message was found in
-    search: Optional[float] = None  # the search that found the message
-    fetch: Optional[float] = None  # header fetch of the found message
+    connect: float | None = None  # TCP (+ TLS for implicit TLS) + greeting
+    starttls: float | None = None
+    login: float | None = None
+    select: float | None = None  # opening the folder the message was found in
+    search: float | None = None  # the search that found the message
+    fetch: float | None = None  # header fetch of the found message
     searches: int = 0
 
     @property
-    def cycle(self) -> "float | None":
+    def cycle(self) -> float | None:
         """The whole look, when a search found something; else None."""
         if self.search is None:
             return None
@@ -111,7 +114,7 @@ class Arrival(Record):
 class Bounced(Record):
     """A bounce of this run's probe came back."""
 
-    bounce: "Bounce"
+    bounce: Bounce
     after: float  # seconds after MAIL FROM
 
 
@@ -122,58 +125,59 @@ class LateArrival(Record):
 
 
 class Housekeeping(Record):
-    deleted: Optional[bool] = None  # --cleanup: this run's message is gone (None: not asked)
+    deleted: bool | None = None  # --cleanup: this run's message is gone (None: not asked)
     purged: tuple[tuple[str, int], ...] = ()  # --purge-older-than: (folder, count)
 
 
 class SubmitResult(Record):
     marker: str
     smtp: SmtpTimings
-    submission: Optional[Submission] = None
-    error: Optional[Union[ProbeError, LocalError]] = None
-    stopped: Optional[Stopped] = None  # -t ran out, or SIGTERM
-    oauth_token: Optional[float] = None  # seconds spent getting an access token, when one was requested
-    tls: "tuple[Handshake, ...]" = ()  # every TLS handshake of the run, in order
+    submission: Submission | None = None
+    error: ProbeError | LocalError | None = None
+    stopped: Stopped | None = None  # -t ran out, or SIGTERM
+    oauth_token: float | None = None  # seconds spent getting an access token, when one was requested
+    tls: tuple[Handshake, ...] = ()  # every TLS handshake of the run, in order
 
 
 class RoundtripResult(Record):
     marker: str
     smtp: SmtpTimings
-    submission: Optional[Submission] = None
-    imap: Optional[ImapTimings] = None
-    arrival: Optional[Arrival] = None
-    bounced: Optional[Bounced] = None
-    not_delivered_within: Optional[float] = None  # set when --wait ran out
-    verdicts: "AuthVerdicts | None" = None  # the receiver's, once found
-    dns: "DnsReport | None" = None  # with --dns-checks
+    submission: Submission | None = None
+    imap: ImapTimings | None = None
+    arrival: Arrival | None = None
+    bounced: Bounced | None = None
+    not_delivered_within: float | None = None  # set when --wait ran out
+    verdicts: AuthVerdicts | None = None  # the receiver's, once found
+    dns: DnsReport | None = None  # with --dns-checks
     late: tuple[LateArrival, ...] = ()  # earlier runs' probes that arrived since
     lost: tuple[PendingProbe, ...] = ()  # earlier runs' probes now counted lost
     housekeeping: Housekeeping = Housekeeping()
-    error: Optional[Union[ProbeError, LocalError]] = None
-    stopped: Optional[Stopped] = None  # -t ran out, or SIGTERM
-    oauth_token: Optional[float] = None  # seconds spent getting an access token, when one was requested
+    error: ProbeError | LocalError | None = None
+    stopped: Stopped | None = None  # -t ran out, or SIGTERM
+    oauth_token: float | None = None  # seconds spent getting an access token, when one was requested
     # --no-wait: this run only sends; ``arrival``/``bounced`` are those of the
     # earlier probe judged (``judged``), whose round trip is the server's
     # delivery time minus its MAIL FROM; ``judged_age`` is set while it is missing
     no_wait: bool = False
-    judged: Optional[PendingProbe] = None
-    judged_age: Optional[float] = None
-    tls: "tuple[Handshake, ...]" = ()  # every TLS handshake of the run, in order
+    judged: PendingProbe | None = None
+    judged_age: float | None = None
+    tls: tuple[Handshake, ...] = ()  # every TLS handshake of the run, in order
 
     @property
-    def roundtrip(self) -> "float | None":
+    def roundtrip(self) -> float | None:
         return self.arrival.roundtrip if self.arrival else None
 
 
 class PollResult(Record):
     since: datetime  # start of the window (UTC)
-    imap: Optional[ImapTimings] = None
-    matches: Optional[int] = None  # messages matching in the window
-    newest_age: Optional[float] = None  # seconds since the newest match arrived (INTERNALDATE)
-    error: Optional[Union[ProbeError, LocalError]] = None
-    stopped: Optional[Stopped] = None  # -t ran out, or SIGTERM
-    oauth_token: Optional[float] = None  # seconds spent getting an access token, when one was requested
-    tls: "tuple[Handshake, ...]" = ()  # every TLS handshake of the run, in order
+    imap: ImapTimings | None = None
+    matches: int | None = None  # messages matching in the window
+    newest_age: float | None = None  # seconds since the newest match arrived (INTERNALDATE)
+    error: ProbeError | LocalError | None = None
+    stopped: Stopped | None = None  # -t ran out, or SIGTERM
+    oauth_token: float | None = None  # seconds spent getting an access token, when one was requested
+    tls: tuple[Handshake, ...] = ()  # every TLS handshake of the run, in order
 
 
-ProbeResult = Union[SubmitResult, RoundtripResult, PollResult]
+if TYPE_CHECKING:
+    ProbeResult = Union[SubmitResult, RoundtripResult, PollResult]

@@ -19,9 +19,12 @@ import fcntl
 import os
 import stat
 import time
-from typing import Any
 
 from .deadline import Deadline
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without loading typing (see record.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 LOCK_POLL = 0.01  # seconds between attempts to take a busy lock
 

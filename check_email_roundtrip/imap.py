@@ -21,7 +21,6 @@ import datetime
 import imaplib
 import re
 import socket
-from typing import Any, BinaryIO, Callable, cast
 
 from . import sasl
 from .credentials import Login, Mechanism, Secret
@@ -41,6 +40,10 @@ from .net import connection_error
 from .session import Reach, Session
 from .settings import Endpoint, Security
 from .tls import OldTlsOnly
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without loading typing (see record.py)
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 # Largest part of a message the probe reads whole (a bounce, to read its DSN).
 BOUNCE_READ_LIMIT = 256 * 1024
@@ -71,11 +74,15 @@ class _Client(imaplib.IMAP4):
 
     # imaplib reads every reply through these two (its documentation invites
     # overriding them): they pass the session, whatever socket is current.
+    # self.file is always a socket file opened "rb" (here and in starttls());
+    # typeshed also allows a text file, hence Any
     def readline(self) -> bytes:
-        return self.session.read_line(cast(BinaryIO, self.file))
+        file: Any = self.file
+        return self.session.read_line(file)
 
     def read(self, size: int) -> bytes:
-        return self.session.read_bytes(cast(BinaryIO, self.file), size)
+        file: Any = self.file
+        return self.session.read_bytes(file, size)
 
     def send(self, data: Any) -> None:  # imaplib's own signature: a buffer
         self.session.sent(data)

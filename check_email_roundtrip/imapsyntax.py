@@ -19,9 +19,12 @@ import binascii
 import datetime
 import re
 from collections.abc import Sequence
-from typing import Any
 
 from .record import Record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without loading typing (see record.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 # RFC 3501 "date" and "date-time"; month names are English whatever the locale.
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")

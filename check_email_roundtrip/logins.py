@@ -15,20 +15,14 @@ from __future__ import annotations
 import argparse
 import os
 
-from .credentials import (
-    Login,
-    Mechanism,
-    OAuth2,
-    Password,
-    Secret,
-    StaticToken,
-    TokenCommand,
-    TokenEndpoint,
-    TokenSource,
-)
+from .credentials import Login, Mechanism, OAuth2, Password, Secret, StaticToken, TokenCommand, TokenEndpoint
 from .files import read_private
 from .options import OAUTH_CLIENT_SECRET_ENV, OAUTH_TOKEN_ENV, UsageError
 from .providers import SCOPES, TOKEN_URLS, Provider
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without loading typing (see record.py)
+if TYPE_CHECKING:
+    from .credentials import TokenSource
 
 SECRET_FILE_LIMIT = 64 * 1024
 

@@ -19,15 +19,20 @@ never destroy anything.  Entries that do not make sense (a time that is not
 a number, NaN, in the far future) are dropped and the file repaired.
 """
 
+from __future__ import annotations
+
 import math
 import os
 import re
 import time
-from typing import Any, Optional
 
 from .deadline import Deadline
 from .files import FileLock, read_private, write_private
 from .record import Record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without loading typing (see record.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 FORMAT = "check_email_roundtrip state"  # the "format" key: a file we wrote
 STATE_VERSION = 2
@@ -41,7 +46,7 @@ EARLIEST = 946684800.0  # 2000-01-01
 class PendingProbe(Record):
     marker: str
     sent_at: float  # epoch seconds when MAIL FROM was sent
-    queue_id: Optional[str] = None
+    queue_id: str | None = None
 
     def describe(self) -> str:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.sent_at))
@@ -53,7 +58,7 @@ class Memory:
 
     def __init__(
         self,
-        pending: "list[PendingProbe] | None" = None,
+        pending: list[PendingProbe] | None = None,
         slow_streak: int = 0,
         late: int = 0,
         lost: int = 0,
@@ -72,7 +77,7 @@ class Change(Record):
     judged: tuple[str, ...] = ()  # --no-wait: markers of earlier probes judged (not counted late)
     lost: tuple[str, ...] = ()  # markers given up on
     new_pending: tuple[PendingProbe, ...] = ()  # this run's probe, when it is not found yet
-    slow: Optional[bool] = None  # None leaves the streak as it is
+    slow: bool | None = None  # None leaves the streak as it is
 
 
 class Remembered(Record):
@@ -191,7 +196,7 @@ class StateFile:
         )
 
 
-def _lstat(path: str) -> "os.stat_result | None":
+def _lstat(path: str) -> os.stat_result | None:
     try:
         return os.lstat(path)
     except FileNotFoundError:

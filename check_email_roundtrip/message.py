@@ -14,10 +14,10 @@ from __future__ import annotations
 import enum
 import socket
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
 
 from . import __version__
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without loading typing (see record.py)
 if TYPE_CHECKING:
     from collections.abc import Collection
     from email.message import Message

@@ -10,9 +10,12 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import Any
 
 from .errors import OverLimit, Phase, ProbeError, StepExpired
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without loading typing (see record.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def resolve(host: str, port: int, timeout: float, phase: Phase, family: int = socket.AF_UNSPEC) -> list[Any]:

@@ -29,7 +29,6 @@ import logging
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
 
 from .facts import Arrival, Bounced, LateArrival, WatchKind
 from .imapsyntax import SearchKeys
@@ -38,6 +37,7 @@ from .message import Kind, classify
 from .output import LOGGER
 from .record import Record
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without loading typing (see record.py)
 if TYPE_CHECKING:
     from .imap import ImapSession
     from .oauth import Keyring

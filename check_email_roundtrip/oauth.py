@@ -32,9 +32,8 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
 
-from .credentials import Login, Password, Secret, StaticToken, TokenCommand, TokenEndpoint, TokenSource
+from .credentials import Login, Password, Secret, StaticToken, TokenCommand, TokenEndpoint
 from .deadline import Deadline
 from .errors import LocalError, Phase, ProbeError
 from .files import FileLock, read_private, write_private
@@ -42,7 +41,11 @@ from .mask import register_secret
 from .net import connect_tcp, connection_error
 from .record import Record
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without loading typing (see record.py)
 if TYPE_CHECKING:
+    from typing import Any
+
+    from .credentials import TokenSource
     from .session import Reach
 
 # Largest answer read from a token endpoint or a token command.

@@ -8,9 +8,10 @@ generator reads the same table.  Converters raise ``argparse.ArgumentTypeError``
 with the reason in the user's terms.
 """
 
+from __future__ import annotations
+
 import enum
 from collections.abc import Mapping
-from typing import Any, Callable, Optional
 
 from .converters import (
     cert_days,
@@ -31,6 +32,10 @@ from .deadline import DEFAULT_STEP_TIMEOUT
 from .providers import Provider
 from .record import Record
 from .settings import Level, Mode, OutputFormat, Security
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without loading typing (see record.py)
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 SMTP_PASSWORD_ENV = "CHECK_EMAIL_ROUNDTRIP_SMTP_PASSWORD"
 IMAP_PASSWORD_ENV = "CHECK_EMAIL_ROUNDTRIP_IMAP_PASSWORD"
@@ -78,11 +83,11 @@ class Option(Record):
     flags: tuple[str, ...]
     help: str
     kind: Kind = Kind.VALUE
-    convert: Optional[Callable[[str], Any]] = None
-    metavar: Optional[str] = None
+    convert: Callable[[str], Any] | None = None
+    metavar: str | None = None
     default: Any = None
-    dest: Optional[str] = None
-    env: Optional[str] = None  # an environment variable that may give the value instead
+    dest: str | None = None
+    env: str | None = None  # an environment variable that may give the value instead
 
     @property
     def long(self) -> str:
@@ -168,7 +173,7 @@ SERVER_FAMILIES = (SMTP_FAMILY, IMAP_FAMILY)
 
 
 class Group(Record):
-    title: Optional[str]
+    title: str | None
     options: tuple[Option, ...]
 
 

@@ -10,8 +10,9 @@ The pseudo-method ``header`` covers the Authentication-Results header itself:
 ``header:missing`` (the receiver wrote none) and ``header:malformed``.
 """
 
+from __future__ import annotations
+
 from collections.abc import Iterable
-from typing import Optional
 
 # The methods reported, each on its own line, in this order.
 METHODS = ("spf", "dkim", "dmarc", "arc")
@@ -57,7 +58,9 @@ DEFAULT_POLICY: dict[str, dict[str, str]] = {
     HEADER: {ANY: "warning"},
 }
 
-PolicyRule = tuple[str, Optional[str], str]  # (method, result or None for all, state)
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without loading typing (see record.py)
+if TYPE_CHECKING:
+    PolicyRule = tuple[str, str | None, str]  # (method, result or None for all, state)
 
 
 def parse_policy_rule(text: str) -> PolicyRule:

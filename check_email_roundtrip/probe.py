@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING
 
 from .deadline import Deadline
 from .errors import LocalError, ProbeError, Stopped
@@ -46,6 +45,7 @@ from .steps import (
     send,
 )
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without loading typing (see record.py)
 if TYPE_CHECKING:
     from .imap import ImapSession
     from .watch import Watch

@@ -10,13 +10,17 @@ library at run time: a run that cannot load its dependencies still answers
 in the format asked for.
 """
 
+from __future__ import annotations
+
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .record import Record
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without loading typing (see record.py)
 if TYPE_CHECKING:
+    from typing import Any, Callable
+
     from nagiosplugin.performance import Performance
     from nagiosplugin.state import ServiceState
 
@@ -36,30 +40,30 @@ class Finding(Record):
 
     name: str  # "auth_dmarc", "smtp_cert_days", "roundtrip"
     context: str  # "verdict", "cert_days", ...
-    state: "ServiceState"
+    state: ServiceState
     text: str
     value: Any
 
 
 class Report(Record):
-    state: "ServiceState"
+    state: ServiceState
     summary: str  # the first line's reason
     details: tuple[str, ...]  # the lines below it
-    perfdata: "tuple[Performance, ...]"  # label, value, uom, warn, crit, min, max; str(): Nagios' form
-    result: "ProbeResult | None" = None
-    memory: "Remembered | None" = None
+    perfdata: tuple[Performance, ...]  # label, value, uom, warn, crit, min, max; str(): Nagios' form
+    result: ProbeResult | None = None
+    memory: Remembered | None = None
     findings: tuple[Finding, ...] = ()  # in the order the facts were judged
-    mode: Optional[str] = None  # roundtrip, submit, poll
-    started_at: Optional[float] = None  # time.time() when the run started
+    mode: str | None = None  # roundtrip, submit, poll
+    started_at: float | None = None  # time.time() when the run started
 
     @property
     def exit_code(self) -> int:
         return int(self.state)
 
-    def finding(self, name: str) -> "Finding | None":
+    def finding(self, name: str) -> Finding | None:
         return next((finding for finding in self.findings if finding.name == name), None)
 
-    def with_problem(self, state: "ServiceState", text: str) -> "Report":
+    def with_problem(self, state: ServiceState, text: str) -> Report:
         """The same run with one more problem found after the evaluation (a
         file that could not be written): the first line names the worst."""
         if not int(self.state):  # the only problem
@@ -115,7 +119,7 @@ def nagios_text(report: Report, verbose: int, log_lines: Sequence[str] = ()) -> 
 JSON_VERSION = 1
 
 
-def iso_utc(when: "float | datetime | None") -> "str | None":
+def iso_utc(when: float | datetime | None) -> str | None:
     """ISO 8601 in UTC with a Z, to the millisecond: 2026-12-02T03:10:02.125Z."""
     if when is None:
         return None
@@ -131,7 +135,7 @@ def json_document(
     exit_code: int,
     summary: str,
     details: Sequence[str] = (),
-    started_at: "float | None" = None,
+    started_at: float | None = None,
     log_lines: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Every key of the JSON output, empty or null: what a run that ended
@@ -180,7 +184,7 @@ def _number(value: Any) -> Any:
     return value if isinstance(value, (int, float)) else float(value)
 
 
-def _perfdata(performance: "Performance") -> dict[str, Any]:
+def _perfdata(performance: Performance) -> dict[str, Any]:
     return {
         "value": _number(performance.value),
         "uom": performance.uom,
@@ -224,7 +228,7 @@ def _certificates(report: Report) -> dict[str, Any]:
     return certificates
 
 
-def _error(result: Any) -> "dict[str, Any] | None":
+def _error(result: Any) -> dict[str, Any] | None:
     """Why the probe could not go on: a server's refusal or a failure on the
     way (ProbeError), one on our side (LocalError), a bounce (the remote
     server's reply), or no message within --wait."""

@@ -11,17 +11,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Callable
 
 from .check import evaluate
 from .deadline import Deadline
-from .facts import ProbeResult, RoundtripResult
+from .facts import RoundtripResult
 from .memory import Change, PendingProbe, Remembered, StateFile
 from .probe import run_poll, run_roundtrip, run_submit
 from .render import Report
 from .settings import Mode, Settings
 
-Probe = Callable[[Settings, Deadline, Sequence[PendingProbe]], ProbeResult]
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without loading typing (see record.py)
+if TYPE_CHECKING:
+    from typing import Callable
+
+    from .facts import ProbeResult
+
+    Probe = Callable[[Settings, Deadline, Sequence[PendingProbe]], ProbeResult]
+
 PROBES: dict[Mode, Probe] = {Mode.ROUNDTRIP: run_roundtrip, Mode.SUBMIT: run_submit, Mode.POLL: run_poll}
 
 

@@ -27,7 +27,6 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, BinaryIO, Callable, ClassVar
 
 from .deadline import MIN_SOCKET_TIMEOUT, Deadline
 from .errors import OverLimit, Phase, ProbeError, StepExpired
@@ -38,12 +37,15 @@ from .record import Record
 from .settings import Endpoint, Security
 from .tls import OldTlsOnly, TlsClient
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without loading typing (see record.py)
 if TYPE_CHECKING:
     import ssl
+    from typing import BinaryIO, Callable, ClassVar
 
 log = logging.getLogger(LOGGER)
 
-Trace = Callable[[str], None]
+if TYPE_CHECKING:
+    Trace = Callable[[str], None]
 # How long a plain-text client waits for a greeting before it looks whether
 # the port speaks TLS (an implicit-TLS port spoken to in plain text stays
 # silent, waiting for our handshake), and how long that look may take.

@@ -5,13 +5,13 @@ the nagiosplugin layer get a :class:`Settings` (or the part of it they need).
 Everything here is frozen: a run cannot change its own configuration.
 
 Each type is a :class:`~.record.Record`, a named tuple (record.py says why
-not ``typing.NamedTuple`` itself); the fields say ``Optional[...]``, which
-Python 3.9 can evaluate.
+not ``typing.NamedTuple`` itself).
 """
+
+from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from typing import Optional
 
 import nagiosplugin
 
@@ -24,7 +24,7 @@ class TlsConfig(Record):
     """What the user asked for: whom to trust, or not to verify at all, and
     the oldest TLS version that is fine (older is a WARNING, not a refusal)."""
 
-    ca_file: Optional[str] = None
+    ca_file: str | None = None
     insecure: bool = False
     minimum: str = "1.2"  # --tls-min
 
@@ -82,10 +82,10 @@ class Endpoint(Record):
     host: str
     port: int
     security: Security
-    login: Optional[Login] = None
+    login: Login | None = None
 
     @property
-    def user(self) -> "str | None":
+    def user(self) -> str | None:
         return self.login.user if self.login else None
 
     def __str__(self) -> str:
@@ -95,8 +95,8 @@ class Endpoint(Record):
 class PollCriteria(Record):
     """Poll mode: what mail somebody else sends must look like, and since when."""
 
-    subject: Optional[str]
-    sender: Optional[str]
+    subject: str | None
+    sender: str | None
     headers: tuple[tuple[str, str], ...]
     window: float  # seconds back from now
 
@@ -125,26 +125,26 @@ class Thresholds(Record):
     critical: nagiosplugin.Range
     # per-phase, keyed by perfdata label: (warning, critical)
     phases: Mapping[str, tuple[nagiosplugin.Range, nagiosplugin.Range]]
-    cert_days: Optional[CertDays] = CertDays(21.0, 7.0)
+    cert_days: CertDays | None = CertDays(21.0, 7.0)
 
 
 class Memory(Record):
     """Memory across runs (roundtrip mode)."""
 
-    state_file: Optional[str] = None  # None: --no-state
+    state_file: str | None = None  # None: --no-state
     lost_after: float = 86400.0  # seconds until an undelivered probe counts as lost
-    escalate_after: Optional[int] = None  # consecutive not-OK round trips before CRITICAL
+    escalate_after: int | None = None  # consecutive not-OK round trips before CRITICAL
 
 
 class Elsewhere(Record):
     """Where else the probe may land, and clean-up (roundtrip mode)."""
 
-    junk_folder: Optional[str] = None  # None: the \\Junk special-use folder, if any
+    junk_folder: str | None = None  # None: the \\Junk special-use folder, if any
     junk_detect: bool = True  # look in Junk at all
     junk_state: Level = Level.WARNING
-    bounce: Optional[BounceWatch] = None
+    bounce: BounceWatch | None = None
     cleanup: bool = False  # delete this run's message once read
-    purge_days: Optional[float] = None  # delete probe messages older than this
+    purge_days: float | None = None  # delete probe messages older than this
 
     @property
     def writable(self) -> bool:
@@ -155,10 +155,10 @@ class Elsewhere(Record):
 class Verdicts(Record):
     """The receiver's verdicts and the DNS behind them (roundtrip mode)."""
 
-    authserv_id: Optional[str] = None
+    authserv_id: str | None = None
     policy: AuthPolicy = AuthPolicy()
     dns_checks: bool = False
-    nameserver: Optional[tuple[str, int]] = None  # None: the system resolver
+    nameserver: tuple[str, int] | None = None  # None: the system resolver
     dns_finding_state: Level = Level.WARNING
 
 
@@ -166,15 +166,15 @@ class Outputs(Record):
     """Where the run's result goes besides the exit code."""
 
     format: OutputFormat = OutputFormat.TEXT  # --output
-    prometheus_textfile: Optional[str] = None  # also written there (textfile.py)
+    prometheus_textfile: str | None = None  # also written there (textfile.py)
 
 
 class Settings(Record):
     mode: Mode
-    smtp: Optional[Endpoint]  # None in poll mode
-    imap: Optional[Endpoint]  # None in submit mode
-    envelope_from: Optional[str]  # None in poll mode
-    recipient: Optional[str]
+    smtp: Endpoint | None  # None in poll mode
+    imap: Endpoint | None  # None in submit mode
+    envelope_from: str | None  # None in poll mode
+    recipient: str | None
     imap_folder: str
     helo_name: str
     tls: TlsConfig
@@ -188,7 +188,7 @@ class Settings(Record):
     verdicts: Verdicts = Verdicts()
     memory: Memory = Memory()
     elsewhere: Elsewhere = Elsewhere()
-    poll: Optional[PollCriteria] = None  # poll mode only
+    poll: PollCriteria | None = None  # poll mode only
     config_warnings: tuple[str, ...] = ()  # e.g. a password file every user can read
     outputs: Outputs = Outputs()
 

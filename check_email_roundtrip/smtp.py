@@ -29,7 +29,6 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Callable, cast
 
 from . import sasl
 from .credentials import Login, Mechanism, Secret
@@ -42,8 +41,10 @@ from .session import PhaseTimes, Reach, Session, Wire
 from .settings import Endpoint, Security
 from .tls import OldTlsOnly
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without loading typing (see record.py)
 if TYPE_CHECKING:
     import smtplib
+    from typing import Any, Callable
 
 
 def parse_queue_id(reply: str) -> str | None:
@@ -229,7 +230,10 @@ class SmtpSession(Session):
             except smtplib.SMTPResponseException as exc:
                 raise refused(Phase.SMTP_STARTTLS, exc.smtp_code, exc.smtp_error, 220) from None
             # smtplib forgot the old file with the old socket; RFC 3207: ask again
-            self.client.file = Wire(cast(socket.socket, self.client.sock), self)
+            sock = self.client.sock
+            if sock is None:  # starttls() just set it; typeshed allows None
+                raise ProbeError(Phase.SMTP_STARTTLS, "connection closed by the server")
+            self.client.file = Wire(sock, self)
             self._ehlo(Phase.SMTP_STARTTLS)
 
     def authenticate(self, login: Login, secret: Secret) -> None:

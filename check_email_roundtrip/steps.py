@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable, cast
 
 from .deadline import Deadline
 from .errors import LocalError, ProbeError, Stopped
@@ -32,13 +31,17 @@ from .mask import mask
 from .memory import PendingProbe
 from .oauth import Keyring
 from .output import LOGGER, TRACE, threads_in_turn
-from .session import PhaseTimes, Reach, Trace
+from .session import PhaseTimes, Reach
 from .settings import Endpoint, Security, Settings
 from .smtp import SmtpSession, open_submission, submit_message
 from .tls import Handshake, TlsClient
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without loading typing (see record.py)
 if TYPE_CHECKING:
+    from typing import Any, Callable
+
     from .imap import ImapSession
+    from .session import Trace
     from .watch import Watch
 
 log = logging.getLogger(LOGGER)
@@ -150,7 +153,8 @@ class Alongside:
     (raised in the main thread) never waits for it."""
 
     def __init__(self, work: Callable[[], Any], name: str, deadline: Deadline):
-        self._work, self._outcome = work, cast("tuple[bool, Any]", (False, None))
+        self._work = work
+        self._outcome: tuple[bool, Any] = (False, None)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._deadline = deadline
 

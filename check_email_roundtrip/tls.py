@@ -13,13 +13,14 @@ The context is built on first use: loading the system's CA store costs ~30 ms,
 which a run that fails before any TLS need not pay.
 """
 
+from __future__ import annotations
+
 import logging
 import os
 import socket
 import threading
 import time
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Callable, Optional, cast
 
 from .errors import Phase, ProbeError
 from .net import connection_error, ssl_reason, wire_name
@@ -27,8 +28,10 @@ from .output import LOGGER
 from .record import Record
 from .settings import TlsConfig
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without loading typing (see record.py)
 if TYPE_CHECKING:  # ssl is imported where a handshake needs it: a run that fails first never loads it
     import ssl
+    from typing import Any, Callable
 
     from .certinfo import CertificateFacts
 
@@ -57,9 +60,9 @@ class Handshake(Record):
     cipher: str
     seconds: float
     verified: bool  # the certificate was checked and accepted
-    certificate: Optional[bytes]  # the peer's leaf certificate, DER (also when it was refused)
+    certificate: bytes | None  # the peer's leaf certificate, DER (also when it was refused)
 
-    def certificate_facts(self) -> "CertificateFacts | None":
+    def certificate_facts(self) -> CertificateFacts | None:
         """Its dates and names; None when there is none, or it does not parse."""
         from .certinfo import CertificateError, parse_certificate
 
@@ -105,7 +108,7 @@ class OldTlsOnly(ProbeError):
     those versions allowed (to report it, with a WARNING)."""
 
 
-def load_system_trust(context: "ssl.SSLContext") -> None:
+def load_system_trust(context: ssl.SSLContext) -> None:
     """The system's CA certificates.  Where the system keeps them as a hashed
     directory too (Debian, Ubuntu: /etc/ssl/certs), OpenSSL looks up only the
     issuer a handshake needs there (about 1 ms); the bundle file would be
@@ -157,7 +160,7 @@ class TlsClient:
         """Seconds the calling thread spent building contexts."""
         return self._building.get(threading.get_ident(), 0.0)
 
-    def context(self, verify: bool = False, old_tls: bool = False) -> "ssl.SSLContext":
+    def context(self, verify: bool = False, old_tls: bool = False) -> ssl.SSLContext:
         """The context for the mail servers (unverified with --insecure), or
         with ``verify`` one that always verifies (the token endpoint).  With
         ``old_tls``, TLS 1.0 and 1.1 are allowed too (OpenSSL security level
@@ -195,8 +198,8 @@ class TlsClient:
         phase: Phase,
         verify: bool = False,
         plain_text_hint: str = "",
-        diagnose: "Callable[[], bytes | None] | None" = None,
-    ) -> "ssl.SSLSocket":
+        diagnose: Callable[[], bytes | None] | None = None,
+    ) -> ssl.SSLSocket:
         """TLS on a connected socket, verified against ``host``; a failure is a
         ProbeError naming ``phase`` and the cause in words (the socket is
         then closed).  A server that answers in plain text gets
@@ -271,7 +274,7 @@ class TlsClient:
         except OSError:
             return False
 
-    def peek_certificate(self, sock: socket.socket, host: str) -> "bytes | None":
+    def peek_certificate(self, sock: socket.socket, host: str) -> bytes | None:
         """The certificate a server presents on ``sock`` (connected, at the
         point where the handshake starts), unverified; the socket is closed.
         For saying why a verified handshake refused it.  None if that fails."""
@@ -281,7 +284,7 @@ class TlsClient:
         except OSError:
             return None
 
-    def peek_context(self) -> "ssl.SSLContext":
+    def peek_context(self) -> ssl.SSLContext:
         """Nothing verified, every version allowed: for looking, never for
         sending anything that matters."""
         import ssl
@@ -298,11 +301,12 @@ class TlsClient:
         host: str,
         port: int,
         phase: Phase,
-        diagnose: "Callable[[], bytes | None] | None" = None,
-    ) -> "ssl.SSLContext":
+        diagnose: Callable[[], bytes | None] | None = None,
+    ) -> ssl.SSLContext:
         """A stand-in for an SSLContext, for smtplib's and imaplib's
         starttls(): they call nothing on it but wrap_socket."""
-        return cast("ssl.SSLContext", _StarttlsContext(self, protocol, host, port, phase, diagnose))
+        # duck-typed: an SSLContext as far as those two callers can tell
+        return _StarttlsContext(self, protocol, host, port, phase, diagnose)  # type: ignore[return-value]
 
 
 def _peer_address(sock: socket.socket) -> str:
@@ -312,7 +316,7 @@ def _peer_address(sock: socket.socket) -> str:
         return ""
 
 
-def refusal_in_words(exc: "ssl.SSLCertVerificationError", host: str, der: "bytes | None") -> str:
+def refusal_in_words(exc: ssl.SSLCertVerificationError, host: str, der: bytes | None) -> str:
     """Why the certificate was refused, in the admin's terms."""
     from .certinfo import CertificateError, parse_certificate
 
@@ -354,12 +358,12 @@ class _StarttlsContext:
         host: str,
         port: int,
         phase: Phase,
-        diagnose: "Callable[[], bytes | None] | None",
+        diagnose: Callable[[], bytes | None] | None,
     ):
         self.client, self.protocol, self.host, self.port, self.phase = client, protocol, host, port, phase
         self.diagnose = diagnose
 
-    def wrap_socket(self, sock: socket.socket, **_ignored: Any) -> "ssl.SSLSocket":
+    def wrap_socket(self, sock: socket.socket, **_ignored: Any) -> ssl.SSLSocket:
         # server_hostname is ignored on purpose: the name verified is the one
         # the user gave, whatever the stdlib client remembers.
         return self.client.handshake(

@@ -23,13 +23,18 @@ and nothing else.  A header without an authserv-id (Microsoft 365, Exchange)
 can only be trusted as the topmost one: it names no receiver to match.
 """
 
+from __future__ import annotations
+
 import re
 from collections.abc import Sequence
-from typing import Any, Optional
 
 from .message import header_values, parse_header
 from .policy import METHODS, NOT_EVALUATED, RESULT_WORDS
 from .record import Record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without loading typing (see record.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 # Property values not worth a line (the signature's first bytes).
 _HIDDEN_PROPERTIES = {("header", "b")}
@@ -77,14 +82,14 @@ class Verdict(Record):
 
 
 class AuthVerdicts(Record):
-    authserv_id: Optional[str]  # of the trusted header(s); None when there is none
+    authserv_id: str | None  # of the trusted header(s); None when there is none
     verdicts: dict[str, Verdict]  # every method of METHODS, in that order
     header_found: bool  # the receiver wrote an Authentication-Results header
-    malformed: Optional[str] = None  # why the trusted header could not be parsed
+    malformed: str | None = None  # why the trusted header could not be parsed
     ignored: tuple[str, ...] = ()  # one description per ignored header
-    sender_ip: Optional[str] = None  # what the receiver says the mail came from (not checked)
+    sender_ip: str | None = None  # what the receiver says the mail came from (not checked)
 
-    def with_dmarc_policy(self, policy: str) -> "AuthVerdicts":
+    def with_dmarc_policy(self, policy: str) -> AuthVerdicts:
         """The same, with the policy from the _dmarc record when the header did not say it."""
         verdict = self.verdicts["dmarc"]
         if verdict.result == NOT_EVALUATED or any(d.startswith("p=") for d in verdict.details):
@@ -99,13 +104,13 @@ class _Result(Record):
 
     method: str  # lowercase
     result: str  # lowercase
-    reason: Optional[str]
+    reason: str | None
     properties: tuple[tuple[str, str, str], ...]  # (ptype, property, value)
     comments: tuple[str, ...]  # the receiver's comments in this result's part
 
 
 class _Header(Record):
-    authserv_id: Optional[str]  # lowercase; None for the id-less form
+    authserv_id: str | None  # lowercase; None for the id-less form
     results: tuple[_Result, ...]
 
 
@@ -241,14 +246,14 @@ def _details(result: _Result) -> tuple[str, ...]:
     return tuple(details)
 
 
-def _best(first: "Verdict | None", second: Verdict) -> Verdict:
+def _best(first: Verdict | None, second: Verdict) -> Verdict:
     """Several results for one method (two DKIM signatures): a pass wins, as in DMARC."""
     if first is None or (second.passed and not first.passed):
         return second
     return first
 
 
-def _trusted(position: int, raw: str, header: "_Header | None", wanted: "str | None") -> bool:
+def _trusted(position: int, raw: str, header: _Header | None, wanted: str | None) -> bool:
     """The trust rule, for the header at ``position`` (0: topmost), ``header``
     being its parse (None: it does not parse).  Without --authserv-id: the
     topmost header, with or without an authserv-id, parsed or not (the
@@ -270,7 +275,7 @@ def _trusted(position: int, raw: str, header: "_Header | None", wanted: "str | N
     return header.authserv_id is not None and header.authserv_id == wanted
 
 
-def receiver_header(raw_headers: Sequence[str], authserv_id: "str | None" = None) -> "int | None":
+def receiver_header(raw_headers: Sequence[str], authserv_id: str | None = None) -> int | None:
     """The position (0: topmost) of the topmost Authentication-Results header
     the receiver wrote, among a message's (``raw_headers``, top first), by
     the trust rule of :func:`read_verdicts`; None when it wrote none."""
@@ -287,7 +292,7 @@ def receiver_header(raw_headers: Sequence[str], authserv_id: "str | None" = None
     return None
 
 
-def _why_ignored(header: _Header, trusted: list[_Header], authserv_id: "str | None") -> str:
+def _why_ignored(header: _Header, trusted: list[_Header], authserv_id: str | None) -> str:
     if authserv_id is not None:
         if header.authserv_id is None:
             return f"--authserv-id {authserv_id} trusts only headers carrying it"
@@ -306,7 +311,7 @@ def _why_ignored(header: _Header, trusted: list[_Header], authserv_id: "str | No
     )
 
 
-def _sender_ip(raw_headers: list[str]) -> "str | None":
+def _sender_ip(raw_headers: list[str]) -> str | None:
     for raw in raw_headers:
         for pattern in _SENDER_IP:
             match = pattern.search(raw)
@@ -315,7 +320,7 @@ def _sender_ip(raw_headers: list[str]) -> "str | None":
     return None
 
 
-def read_verdicts(header_block: bytes, authserv_id: "str | None" = None) -> AuthVerdicts:
+def read_verdicts(header_block: bytes, authserv_id: str | None = None) -> AuthVerdicts:
     raw_headers = header_values(parse_header(header_block), "Authentication-Results")
     wanted = authserv_id.lower() if authserv_id else None
 
