@@ -142,8 +142,7 @@ def _roundtrip(
         _housekeeping(settings, watches, draft)
     except BaseException:
         draft.goodbye()
-        for session in sessions:
-            session.close()
+        _close_all(sessions)
         raise
     draft.goodbye()  # QUIT went on while we looked: its 221 (or 2 s) is waited for here
     # LOGOUT goes on while the found header is read (about 1.5 ms, a server's

@@ -231,8 +231,8 @@ class SmtpSession(Session):
                 raise refused(Phase.SMTP_STARTTLS, exc.smtp_code, exc.smtp_error, 220) from None
             # smtplib forgot the old file with the old socket; RFC 3207: ask again
             sock = self.client.sock
-            if sock is None:  # starttls() just set it; typeshed allows None
-                raise ProbeError(Phase.SMTP_STARTTLS, "connection closed by the server")
+            if sock is None:  # starttls() has just set it; typeshed allows None
+                raise RuntimeError("smtplib left no socket after STARTTLS")
             self.client.file = Wire(sock, self)
             self._ehlo(Phase.SMTP_STARTTLS)
 
