@@ -40,9 +40,6 @@ class PointRecord(Record):
         return self._replace(x=self.x + dx)
 
 
-# pickle finds a class by its module-level name
-globals()["PointRecord"] = PointRecord
-
 BOTH = pytest.mark.parametrize("cls", [PointNT, PointRecord], ids=["NamedTuple", "Record"])
 
 
